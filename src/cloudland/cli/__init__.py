@@ -1,0 +1,1 @@
+"""The `cloudland` command line: typer commands on top of `cloudland.client` only."""

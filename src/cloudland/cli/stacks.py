@@ -1,0 +1,221 @@
+"""`apply`, `plan` and `destroy`: manifests in files as the source of truth.
+
+Every object applied from a set of files carries the stack label
+(`cloudland.io/stack`), so `apply --prune` can delete what the files no longer
+declare and `plan` can show what changed outside them (drift).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cloudland.cli.manifests import Manifest, load, stack_name
+from cloudland.cli.options import HomeOption, NamespaceOption, client_for
+from cloudland.cli.output import Format, console, dump, err_console, fail
+from cloudland.cli.plan import render_plan
+from cloudland.client import Client
+from cloudland.errors import CloudLandError, Invalid
+
+FilesOption = Annotated[list[str], typer.Option(
+    "--filename", "-f", help="Manifest file or directory ('-' for stdin); repeatable.")]
+RecursiveOption = Annotated[bool, typer.Option(
+    "--recursive", "-R", help="Include subdirectories of directories given with -f.")]
+StackOption = Annotated[str | None, typer.Option(
+    "--stack", help="Stack name recorded on every object (default: name of the first -f).")]
+
+STYLES = {"created": "green", "configured": "yellow", "unchanged": "dim", "deleted": "red"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Infrastructure as code")(apply)
+    app.command(rich_help_panel="Infrastructure as code")(plan)
+    app.command(rich_help_panel="Infrastructure as code")(destroy)
+
+
+def apply(
+    filename: FilesOption,
+    recursive: RecursiveOption = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Delete objects of this stack that the files no longer declare.")] = False,
+    stack: StackOption = None,
+    namespace: NamespaceOption = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until controllers have acted on every object.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to --wait.")] = 120.0,
+    output: Annotated[Format | None, typer.Option("--output", "-o", help="json or yaml")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Create or update everything in the files, all or nothing."""
+    manifests, items, stack_label = _prepare(filename, recursive, stack, namespace)
+    with client_for(home) as client:
+        with _progress(f"Applying {len(items)} object(s)…", len(items)):
+            result = _call(manifests, lambda: client.apply(items, stack=stack_label, prune=prune))
+        if output is not None:
+            dump(result, output)
+        else:
+            _print_results(result["items"])
+            for orphan in result.get("orphans", []):
+                err_console.print(f"[dim]note: {orphan['kind'].lower()}/{orphan['name']} is in "
+                                  f"stack '{stack_label}' but not in the files; "
+                                  "--prune deletes it[/]")
+        if wait:
+            _wait(client, result["items"], timeout)
+
+
+def plan(
+    filename: FilesOption,
+    recursive: RecursiveOption = False,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Plan deletions of objects the files no longer declare.")] = False,
+    stack: StackOption = None,
+    namespace: NamespaceOption = None,
+    detailed_exitcode: Annotated[bool, typer.Option(
+        "--detailed-exitcode", help="Exit 2 when there are changes, 0 when none.")] = False,
+    output: Annotated[Format | None, typer.Option("--output", "-o", help="json or yaml")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Show what apply would create, change and delete — and drift made outside the files."""
+    manifests, items, stack_label = _prepare(filename, recursive, stack, namespace)
+    with client_for(home) as client:
+        result = _call(manifests, lambda: client.apply(items, stack=stack_label, prune=prune,
+                                                       dry_run=True))
+    if output is not None:
+        dump(result, output)
+        changes = any(r["action"] != "unchanged" for r in result["items"])
+    else:
+        changes = render_plan(result, stack_label, prune)
+    if detailed_exitcode and changes:
+        raise typer.Exit(2)
+
+
+def destroy(
+    filename: FilesOption,
+    recursive: RecursiveOption = False,
+    stack: StackOption = None,
+    namespace: NamespaceOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", "--auto-approve",
+                                      help="Do not ask for confirmation.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Delete everything the files declare and everything else in their stack."""
+    manifests = load(filename, recursive=recursive)
+    stack_label = stack or stack_name(filename)
+    refs = [_ref(m, namespace) for m in manifests]
+    with client_for(home) as client:
+        planned = client.destroy([r for r in refs if r], stack=stack_label, dry_run=True)["items"]
+        if not planned:
+            console.print("Nothing to destroy.")
+            return
+        for item in planned:
+            console.print(f"  [red]-[/] {item['kind'].lower()}/{item['name']}"
+                          f" [dim]({item['namespace']})[/]")
+        if not yes and not typer.confirm(f"Destroy these {len(planned)} object(s)?"):
+            fail("destroy cancelled; nothing was deleted")
+        done = client.destroy([r for r in refs if r], stack=stack_label)["items"]
+        console.print(f"[green]✓[/] Destroy complete: {len(done)} deleted.")
+
+
+# ---- helpers ------------------------------------------------------------------
+
+
+def _prepare(files: list[str], recursive: bool, stack: str | None,
+             namespace: str | None) -> tuple[list[Manifest], list[Any], str]:
+    manifests = load(files, recursive=recursive)
+    if not manifests:
+        fail("no documents found in the given files", code=1)
+    items = []
+    for m in manifests:
+        doc = m.doc
+        if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
+            meta = doc["metadata"]
+            if namespace and not meta.get("namespace"):
+                meta["namespace"] = namespace
+            meta.setdefault("annotations", {})
+            if isinstance(meta["annotations"], dict):
+                meta["annotations"].setdefault("cloudland.io/source", m.file)
+        items.append(doc)
+    return manifests, items, stack or stack_name(files)
+
+
+def _call(manifests: list[Manifest], call: Any) -> dict[str, Any]:
+    """Run an apply; map the server's per-document errors back to file and line."""
+    try:
+        return dict(call())
+    except Invalid as err:
+        causes = err.causes or [{"field": err.field, "message": err.message}]
+        if not any("index" in c for c in causes):
+            raise
+        for cause in causes:
+            m = manifests[int(cause.get("index", 0))]
+            where = m.where(cause.get("field"))
+            err_console.print(f"[bold red]error:[/] {where}: {m.ref()}: "
+                              f"{cause.get('field')}: {cause.get('message')}", soft_wrap=True)
+            if cause.get("hint"):
+                err_console.print(f"  [dim]hint:[/] {cause['hint']}")
+        fail(f"{len(causes)} problem(s) found; nothing was applied")
+
+
+def _progress(message: str, count: int) -> Any:
+    import contextlib
+
+    return console.status(message) if count > 20 else contextlib.nullcontext()
+
+
+def _print_results(items: list[dict[str, Any]]) -> None:
+    counts = {a: 0 for a in STYLES}
+    for item in items:
+        action = item["action"]
+        counts[action] = counts.get(action, 0) + 1
+        ns = "" if item["namespace"] == "default" else f" -n {item['namespace']}"
+        console.print(f"{item['kind'].lower()}/{item['name']}{ns} "
+                      f"[{STYLES.get(action, 'white')}]{action}[/]")
+    console.print(f"[bold]Apply complete:[/] {counts['created']} created, "
+                  f"{counts['configured']} configured, {counts['unchanged']} unchanged, "
+                  f"{counts['deleted']} deleted.")
+
+
+def _ref(m: Manifest, namespace: str | None) -> dict[str, str] | None:
+    doc = m.doc if isinstance(m.doc, dict) else {}
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    if not isinstance(doc.get("kind"), str) or not isinstance(meta.get("name"), str):
+        return None
+    return {"kind": doc["kind"], "name": meta["name"],
+            "namespace": meta.get("namespace") or namespace or "default"}
+
+
+def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
+    """Wait until each applied object's status has caught up with its generation."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    pending = [i for i in items if i["action"] != "deleted"]
+    deadline = time.monotonic() + timeout
+    not_ready: list[str] = []
+    with Progress(TextColumn("Waiting for controllers"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("wait", total=len(pending))
+        while pending and time.monotonic() < deadline:
+            still = []
+            for item in pending:
+                obj = client.get(item["kind"], item["namespace"], item["name"])
+                status = obj.get("status") or {}
+                if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 1):
+                    still.append(item)
+                    continue
+                ready = next((c for c in status.get("conditions", [])
+                              if c["type"] == "Ready"), None)
+                if ready and ready["status"] == "False":
+                    not_ready.append(f"{item['kind'].lower()}/{item['name']}: "
+                                     f"{ready.get('reason')}: {ready.get('message')}")
+            bar.update(task, completed=len(pending) - len(still) + bar.tasks[0].completed)
+            pending = still
+            if pending:
+                time.sleep(0.1)
+    for line in not_ready:
+        err_console.print(f"[yellow]not ready:[/] {line}")
+    if pending:
+        raise CloudLandError(f"{len(pending)} object(s) not reconciled after {timeout:.0f}s",
+                             hint="see: cloudland events")
+    console.print("[green]✓[/] All objects reconciled.")

@@ -1,0 +1,1 @@
+"""`cloudland up`: the one place that wires store, API and controllers together."""

@@ -1,0 +1,151 @@
+"""The supervisor: one asyncio process running the store, API and controllers.
+
+`run()` is what `cloudland up` executes in the foreground.  It takes the home
+lock (a second `up` on the same home learns where the first one is), opens
+the store, starts the controllers and the HTTP API on loopback, records its
+addresses in `state.json`, and on SIGTERM/SIGINT stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from cloudland import __version__
+from cloudland.api.app import create_app
+from cloudland.api.service import ResourceService
+from cloudland.errors import CloudLandError
+from cloudland.home import Home, HomeLock
+from cloudland.store import Store
+
+log = logging.getLogger("cloudland.supervisor")
+
+
+class AlreadyRunning(CloudLandError):
+    status = 409
+    reason = "AlreadyRunning"
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CloudLandError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="choose another port with --api-port, or 0 for any free port",
+        ) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class Supervisor:
+    home: Home
+    api_host: str = "127.0.0.1"
+    api_port: int = 7070
+    started: float = field(default_factory=time.time)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self.home.ensure()
+        lock = HomeLock(self.home)
+        if not lock.acquire():
+            state = self.home.read_state() or {}
+            raise AlreadyRunning(
+                f"CloudLand is already running on {self.home.root} "
+                f"(pid {state.get('pid', '?')}, API {state.get('api', '?')})",
+                hint="use that one, or stop it with: cloudland down",
+            )
+        try:
+            await self._serve()
+        finally:
+            self.home.clear_state()
+            lock.release()
+
+    async def _serve(self) -> None:
+        from cloudland.controllers.manager import Manager
+        from cloudland.controllers.registry import default_reconcilers
+
+        store = Store(self.home.store_path)
+        service = ResourceService(store)
+        manager = Manager(service, default_reconcilers())
+        app = create_app(service, health=lambda: self.health(manager))
+        sock = bind(self.api_host, self.api_port)
+        host, port = sock.getsockname()[:2]
+        api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
+                                             lifespan="off", timeout_graceful_shutdown=3))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+        try:
+            await manager.start()
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.002)
+            self.home.write_state({
+                "pid": os.getpid(), "api": api_url, "home": str(self.home.root),
+                "version": __version__, "startedAt": self.started,
+            })
+            log.info("API listening on %s (home %s), ready in %.0f ms",
+                     api_url, self.home.root, (time.time() - self.started) * 1000)
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            log.info("stopping")
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(serving, 5)
+            await manager.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            sock.close()
+            store.close()
+            log.info("stopped")
+
+    def health(self, manager: Any) -> dict[str, Any]:
+        parts: dict[str, Any] = {
+            "api": {"healthy": True},
+            "store": {"healthy": True, "path": str(self.home.store_path)},
+        }
+        parts["controllers"] = {"healthy": True, **manager.health()}
+        return parts
+
+
+def run_foreground(home: Home, api_host: str, api_port: int) -> None:
+    """Run until signalled; uses uvloop when it is installed."""
+    supervisor = Supervisor(home, api_host, api_port)
+    try:
+        import uvloop
+
+        uvloop.run(supervisor.run())
+    except ImportError:
+        asyncio.run(supervisor.run())

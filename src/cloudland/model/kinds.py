@@ -1,0 +1,435 @@
+"""Every kind CloudLand knows: its spec, its names, and how `get` prints it.
+
+The registry `KINDS` is the single list; the store, API, controllers and CLI
+all read it rather than naming kinds themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from cloudland.model.meta import Duration, Name, ObjectMeta, Status, Strict
+from cloudland.model.workload import Autoscale, EnvVar, Probe, Strategy, Workload
+
+# ---- Service -------------------------------------------------------------------
+
+
+class ServiceSpec(Workload):
+    replicas: int = Field(1, ge=0, le=10000)
+    port: int | None = Field(None, ge=1, le=65535)
+    readinessProbe: Probe | None = None
+    livenessProbe: Probe | None = None
+    strategy: Strategy = Field(default_factory=Strategy)
+    autoscale: Autoscale | None = None
+    mtls: Literal["permissive", "strict"] = "permissive"
+
+
+# ---- Function ------------------------------------------------------------------
+
+
+class EventTrigger(Strict):
+    broker: Name = "default"
+    filter: dict[str, str] = Field(default_factory=dict)
+
+
+class FunctionTriggers(Strict):
+    http: bool = True
+    events: list[EventTrigger] = Field(default_factory=list)
+    schedule: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
+
+
+class FunctionScale(Strict):
+    minScale: int = Field(0, ge=0)
+    maxScale: int = Field(10, ge=1)
+    concurrency: int = Field(10, ge=1)
+    scaleToZeroAfter: Duration = "30s"
+
+
+class FunctionSpec(Strict):
+    handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    source: str | None = None
+    command: list[str] | None = None
+    env: list[EnvVar] = Field(default_factory=list)
+    runtime: Literal["process", "sandbox", "container"] = "process"
+    timeout: Duration = "30s"
+    triggers: FunctionTriggers = Field(default_factory=FunctionTriggers)
+    scale: FunctionScale = Field(default_factory=FunctionScale)
+
+    @model_validator(mode="after")
+    def _entry(self) -> FunctionSpec:
+        if (self.handler is None) == (self.command is None):
+            raise ValueError("set exactly one of handler ('module:function') or command")
+        return self
+
+
+# ---- Route ---------------------------------------------------------------------
+
+
+class PathMatch(Strict):
+    type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
+    value: str = "/"
+
+    @model_validator(mode="after")
+    def _regex(self) -> PathMatch:
+        if self.type == "RegularExpression":
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression at position {exc.pos}: {exc.msg}")
+        elif not self.value.startswith("/"):
+            raise ValueError(f"path '{self.value}' must start with '/'")
+        return self
+
+
+class HeaderMatch(Strict):
+    name: str = Field(min_length=1)
+    value: str
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+
+
+class RouteMatch(Strict):
+    path: PathMatch = Field(default_factory=PathMatch)
+    method: str | None = Field(None, pattern=r"^[A-Z]+$")
+    headers: list[HeaderMatch] = Field(default_factory=list)
+    queryParams: list[HeaderMatch] = Field(default_factory=list)
+
+
+class BackendRef(Strict):
+    kind: Literal["Service", "Function"] = "Service"
+    name: Name
+    namespace: Name | None = None
+    weight: int = Field(1, ge=0, le=1000)
+
+
+class Retries(Strict):
+    attempts: int = Field(2, ge=0, le=10)
+    on: list[Literal["5xx", "reset", "connect-failure", "retriable-4xx", "gateway-error"]] = (
+        Field(default_factory=lambda: ["5xx", "reset", "connect-failure"])
+    )
+    perTryTimeout: Duration | None = None
+
+
+class RouteRule(Strict):
+    matches: list[RouteMatch] = Field(default_factory=lambda: [RouteMatch()])
+    backends: list[BackendRef] = Field(min_length=1)
+    timeout: Duration | None = None
+    retries: Retries | None = None
+
+
+class RouteSpec(Strict):
+    hosts: list[str] = Field(default_factory=lambda: ["*"])
+    rules: list[RouteRule] = Field(min_length=1)
+
+
+# ---- Bucket --------------------------------------------------------------------
+
+
+class NotificationFilter(Strict):
+    prefix: str = ""
+    suffix: str = ""
+
+
+class Sink(Strict):
+    uri: str | None = None
+    broker: Name | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Sink:
+        if (self.uri is None) == (self.broker is None):
+            raise ValueError("a sink needs exactly one of uri or broker")
+        return self
+
+
+class Notification(Strict):
+    events: list[str] = Field(default_factory=lambda: ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"])
+    filter: NotificationFilter = Field(default_factory=NotificationFilter)
+    sink: Sink
+
+
+class BucketSpec(Strict):
+    access: Literal["private", "public-read"] = "private"
+    versioning: bool = False
+    deletionPolicy: Literal["retain", "delete"] = "retain"
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+# ---- Broker and Trigger --------------------------------------------------------
+
+
+class Delivery(Strict):
+    retry: int = Field(3, ge=0, le=100)
+    backoffPolicy: Literal["exponential", "linear"] = "exponential"
+    backoffDelay: Duration = "200ms"
+    timeout: Duration = "10s"
+    deadLetterSink: Sink | None = None
+
+
+class BrokerSpec(Strict):
+    retention: Duration = "168h"
+    maxBytes: int | None = Field(None, ge=1)
+    delivery: Delivery = Field(default_factory=Delivery)
+
+
+class SubscriberRef(Strict):
+    kind: Literal["Service", "Function"]
+    name: Name
+    namespace: Name | None = None
+
+
+class Subscriber(Strict):
+    ref: SubscriberRef | None = None
+    uri: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Subscriber:
+        if (self.ref is None) == (self.uri is None):
+            raise ValueError("a subscriber needs exactly one of ref or uri")
+        return self
+
+
+class TriggerSpec(Strict):
+    broker: Name = "default"
+    filter: dict[str, str] = Field(default_factory=dict)
+    subscriber: Subscriber
+    delivery: Delivery | None = None
+
+
+# ---- Policy --------------------------------------------------------------------
+
+
+class Validation(Strict):
+    expression: str = Field(min_length=1)
+    message: str | None = None
+    reason: Literal["Invalid", "Forbidden"] = "Invalid"
+
+
+class PolicySpec(Strict):
+    matchKinds: list[str] = Field(min_length=1)
+    validations: list[Validation] = Field(min_length=1)
+    failurePolicy: Literal["Fail", "Ignore"] = "Fail"
+    validationActions: list[Literal["Deny", "Warn", "Audit"]] = Field(
+        default_factory=lambda: ["Deny"]
+    )
+
+
+# ---- Job and CronJob -----------------------------------------------------------
+
+
+class JobSpec(Workload):
+    completions: int = Field(1, ge=1, le=10000)
+    parallelism: int = Field(1, ge=1, le=10000)
+    backoffLimit: int = Field(6, ge=0)
+    activeDeadlineSeconds: float | None = Field(None, gt=0)
+    ttlSecondsAfterFinished: float | None = Field(None, ge=0)
+
+
+def check_cron(value: str) -> str:
+    from croniter import croniter  # deferred: only manifests with schedules pay for it
+
+    if not croniter.is_valid(value):
+        raise ValueError(
+            f"'{value}' is not a cron schedule; use five fields like '*/5 * * * *' "
+            "(minute hour day-of-month month day-of-week)"
+        )
+    return value
+
+
+class CronJobSpec(Strict):
+    schedule: str
+    timeZone: str | None = None
+    concurrencyPolicy: Literal["Allow", "Forbid", "Replace"] = "Allow"
+    suspend: bool = False
+    successfulJobsHistoryLimit: int = Field(3, ge=0)
+    failedJobsHistoryLimit: int = Field(1, ge=0)
+    jobTemplate: JobSpec
+
+    _cron = field_validator("schedule")(lambda cls, v: check_cron(v))
+
+
+# ---- Objects -------------------------------------------------------------------
+
+
+class Object(Strict):
+    apiVersion: Literal["cloudland/v1"] = "cloudland/v1"
+    kind: str
+    metadata: ObjectMeta
+    status: Status | None = None
+
+
+def _spec_object(kind: str, spec_model: type[BaseModel]) -> type[Object]:
+    return type(  # type: ignore[return-value]
+        kind,
+        (Object,),
+        {
+            "__annotations__": {"kind": Literal[kind], "spec": spec_model},  # type: ignore[valid-type]
+            "__module__": __name__,
+            "__doc__": f"A CloudLand {kind}.",
+        },
+    )
+
+
+Service = _spec_object("Service", ServiceSpec)
+Function = _spec_object("Function", FunctionSpec)
+Route = _spec_object("Route", RouteSpec)
+Bucket = _spec_object("Bucket", BucketSpec)
+Broker = _spec_object("Broker", BrokerSpec)
+Trigger = _spec_object("Trigger", TriggerSpec)
+Policy = _spec_object("Policy", PolicySpec)
+Job = _spec_object("Job", JobSpec)
+CronJob = _spec_object("CronJob", CronJobSpec)
+
+
+class ConfigMap(Object):
+    kind: Literal["ConfigMap"]
+    data: dict[str, str] = Field(default_factory=dict)
+    immutable: bool = False
+
+
+class Secret(Object):
+    """Kubernetes-shaped: `stringData` is folded into base64 `data` on write."""
+
+    kind: Literal["Secret"]
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict)
+    stringData: dict[str, str] = Field(default_factory=dict)
+    immutable: bool = False
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, data: dict[str, str]) -> dict[str, str]:
+        for key, value in data.items():
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"data.{key} is not base64; put plain text under stringData")
+        return data
+
+    @model_validator(mode="after")
+    def _fold(self) -> Secret:
+        for key, value in self.stringData.items():
+            self.data[key] = base64.b64encode(value.encode()).decode()
+        self.stringData = {}
+        return self
+
+
+class ObjectReference(Strict):
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+
+
+class Event(Object):
+    """A Kubernetes-style event record about another object."""
+
+    kind: Literal["Event"]
+    involvedObject: ObjectReference
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str
+    message: str = ""
+    count: int = 1
+    firstTimestamp: str | None = None
+    lastTimestamp: str | None = None
+    source: str = ""
+
+
+# ---- Registry ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    path: str  # dotted path into the object; "" for special columns
+    wide: bool = False
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    model: type[Object]
+    short_names: tuple[str, ...] = ()
+    # Top-level fields whose change is a change of intent (bumps generation).
+    spec_fields: tuple[str, ...] = ("spec",)
+    columns: tuple[Column, ...] = field(default_factory=tuple)
+    user_writable: bool = True
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+
+_READY = Column("READY", "status.conditions[Ready]")
+
+KINDS: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo(
+            "Service", "services", Service, ("svc",),
+            columns=(Column("REPLICAS", "spec.replicas"), _READY,
+                     Column("RUNTIME", "spec.runtime", wide=True)),
+        ),
+        KindInfo(
+            "Function", "functions", Function, ("fn",),
+            columns=(Column("HANDLER", "spec.handler"), _READY,
+                     Column("MIN", "spec.scale.minScale", wide=True),
+                     Column("MAX", "spec.scale.maxScale", wide=True)),
+        ),
+        KindInfo("Route", "routes", Route, ("rt",),
+                 columns=(Column("HOSTS", "spec.hosts"), _READY)),
+        KindInfo("Bucket", "buckets", Bucket, ("bkt",),
+                 columns=(Column("ACCESS", "spec.access"), _READY,
+                          Column("DELETION", "spec.deletionPolicy", wide=True))),
+        KindInfo("Broker", "brokers", Broker, (), columns=(_READY,)),
+        KindInfo("Trigger", "triggers", Trigger, (),
+                 columns=(Column("BROKER", "spec.broker"), _READY,
+                          Column("FILTER", "spec.filter", wide=True))),
+        KindInfo("Secret", "secrets", Secret, (),
+                 spec_fields=("type", "data", "stringData", "immutable"),
+                 columns=(Column("TYPE", "type"), Column("DATA", "data#"))),
+        KindInfo("ConfigMap", "configmaps", ConfigMap, ("cm",),
+                 spec_fields=("data", "immutable"), columns=(Column("DATA", "data#"),)),
+        KindInfo("Policy", "policies", Policy, ("pol",),
+                 columns=(Column("KINDS", "spec.matchKinds"), _READY)),
+        KindInfo("Job", "jobs", Job, (),
+                 columns=(Column("COMPLETIONS", "spec.completions"), _READY)),
+        KindInfo("CronJob", "cronjobs", CronJob, ("cj",),
+                 columns=(Column("SCHEDULE", "spec.schedule"),
+                          Column("SUSPEND", "spec.suspend"), _READY)),
+        KindInfo("Event", "events", Event, ("ev",),
+                 spec_fields=("involvedObject", "type", "reason", "message"),
+                 columns=(Column("TYPE", "type"), Column("REASON", "reason"),
+                          Column("OBJECT", "involvedObject"), Column("MESSAGE", "message")),
+                 user_writable=False),
+    )
+}
+
+_ALIASES: dict[str, str] = {}
+for _info in KINDS.values():
+    for _alias in (_info.kind.lower(), _info.plural, *_info.short_names):
+        _ALIASES[_alias] = _info.kind
+
+
+def kind_info(name: str) -> KindInfo | None:
+    """Look a kind up by its name, plural or short name, in any case."""
+    kind = _ALIASES.get(name.lower())
+    return KINDS[kind] if kind else None
+
+
+def kind_by_plural(plural: str) -> KindInfo | None:
+    for info in KINDS.values():
+        if info.plural == plural:
+            return info
+    return None

@@ -1,0 +1,116 @@
+"""Shared fixtures: a real CloudLand started on port 0 in a temporary home."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cloudland.cli.main import app as cli_app
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01,
+             message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Running:
+    home: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.home / "state.json").read_text()))
+
+    @property
+    def api(self) -> str:
+        return str(self.state["api"])
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, timeout=10)
+
+    def cli(self, *args: str, input: str | None = None) -> CliResult:
+        """Run a CLI command in-process through the real typer app."""
+        return run_cli(*args, "--home", str(self.home), input=input)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def run_cli(*args: str, input: str | None = None) -> CliResult:
+    result = CliRunner().invoke(cli_app, list(args), input=input, catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def start_cloudland(home: Path, *extra: str) -> Running:
+    """Start `cloudland up` as a real process in its own process group."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "test-daemon.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudland", "up", "--home", str(home), "--api-port", "0",
+         *extra],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    log.close()
+    running = Running(home, proc)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(
+                "cloudland up exited:\n" + (home / "test-daemon.log").read_text())
+        try:
+            return running.state.get("pid") == proc.pid
+        except (OSError, ValueError):
+            return False
+
+    wait_for(ready, timeout=20, message="cloudland up to become ready")
+    return running
+
+
+@pytest.fixture
+def cloudland(tmp_path: Path) -> Iterator[Running]:
+    running = start_cloudland(tmp_path / "home")
+    try:
+        yield running
+    finally:
+        running.stop()
