@@ -15,9 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
-
-from cloudland.cli.main import app as cli_app
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01,
@@ -78,6 +75,10 @@ class Running:
 
 
 def run_cli(*args: str, input: str | None = None) -> CliResult:
+    from typer.testing import CliRunner
+
+    from cloudland.cli.main import app as cli_app
+
     result = CliRunner().invoke(cli_app, list(args), input=input, catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 

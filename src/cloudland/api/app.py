@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -205,7 +206,7 @@ def _kind_routes(router: APIRouter, service: ResourceService, info: KindInfo,
     kind, plural = info.kind, info.plural
     base = f"/namespaces/{{namespace}}/{plural}"
     one = base + "/{name}"
-    tags = [kind]
+    tags: list[str | Enum] = [kind]
     body_ref = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{kind}"}}}}}
     patch_ref = {"requestBody": {"required": True, "content": {

@@ -7,10 +7,11 @@ that the routes' request bodies refer to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from cloudland.model.kinds import KINDS
@@ -18,7 +19,9 @@ from cloudland.model.meta import Status
 
 
 def kind_schemas() -> dict[str, Any]:
-    models = [(info.model, "validation") for info in KINDS.values()] + [(Status, "validation")]
+    models: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (info.model, "validation") for info in KINDS.values()]
+    models.append((Status, "validation"))
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return dict(top.get("$defs", {}))
 

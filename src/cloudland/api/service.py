@@ -7,6 +7,7 @@ issues) see every create and update before it is written.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class ApplyResult:
 @dataclass
 class ResourceService:
     store: Store
-    admission: list[Admission] = field(default_factory=list)
+    admission: builtins.list[Admission] = field(default_factory=list)
 
     # ---- reads ----------------------------------------------------------------
 
@@ -75,7 +76,7 @@ class ResourceService:
         return self.store.get(kind, namespace, name)
 
     def list(self, kind: str, namespace: str | None = None,
-             selector: Selector | None = None) -> tuple[list[Object], int]:
+             selector: Selector | None = None) -> tuple[builtins.list[Object], int]:
         return self.store.list(kind, namespace, selector)
 
     def subscribe(self, notify: Callable[[Change], None]) -> Callable[[], None]:
@@ -133,7 +134,7 @@ class ResourceService:
                                           "resourceVersion": rv}, "status": clean}
         return self.store.update(obj, status=True)
 
-    def set_finalizers(self, obj: Object, finalizers: list[str]) -> Object:
+    def set_finalizers(self, obj: Object, finalizers: builtins.list[str]) -> Object:
         """Controllers add or remove their finalizers; dropping the last one
         of a deleting object completes its deletion."""
         new = {**obj, "metadata": {**obj["metadata"], "finalizers": finalizers}}
@@ -170,8 +171,8 @@ class ResourceService:
 
     # ---- apply, plan and destroy ----------------------------------------------
 
-    def apply(self, docs: list[Any], *, stack: str | None = None, prune: bool = False,
-              dry_run: bool = False) -> list[ApplyResult]:
+    def apply(self, docs: builtins.list[Any], *, stack: str | None = None, prune: bool = False,
+              dry_run: bool = False) -> builtins.list[ApplyResult]:
         """Create or update every document, all or nothing.
 
         Every document is validated before any is written; with `prune`, objects
@@ -180,7 +181,7 @@ class ResourceService:
         `plan` can show the exact diff including server-side defaults.
         """
         objs = self._validate_all(docs, stack)
-        results: list[ApplyResult] = []
+        results: builtins.list[ApplyResult] = []
         with self.store.transaction():
             for obj in objs:
                 results.append(self._apply_one(obj, dry_run))
@@ -191,15 +192,15 @@ class ResourceService:
                         results.append(self._delete_result(old, dry_run))
         return results
 
-    def stack_orphans(self, docs: list[Any], stack: str) -> list[Object]:
+    def stack_orphans(self, docs: builtins.list[Any], stack: str) -> builtins.list[Object]:
         """Objects of `stack` that the given documents no longer declare."""
         keep = {_key(o) for o in self._validate_all(docs, stack)}
         return [o for o in self._stack_objects(stack) if _key(o) not in keep]
 
-    def destroy(self, refs: list[tuple[str, str, str]], *, stack: str | None = None,
-                dry_run: bool = False) -> list[ApplyResult]:
+    def destroy(self, refs: builtins.list[tuple[str, str, str]], *, stack: str | None = None,
+                dry_run: bool = False) -> builtins.list[ApplyResult]:
         """Delete the named objects and everything labelled with `stack`."""
-        results: list[ApplyResult] = []
+        results: builtins.list[ApplyResult] = []
         seen: set[tuple[str, str, str]] = set()
         with self.store.transaction():
             targets = [self.store.get(*ref) for ref in refs]
@@ -242,8 +243,8 @@ class ResourceService:
             self.store.delete(kind, ns, name)
         return ApplyResult(kind, ns, name, "deleted", obj, None)
 
-    def _stack_objects(self, stack: str) -> list[Object]:
-        found: list[Object] = []
+    def _stack_objects(self, stack: str) -> builtins.list[Object]:
+        found: builtins.list[Object] = []
         for info in KINDS.values():
             items, _ = self.store.list(info.kind, None,
                                        lambda lb: lb.get(STACK_LABEL) == stack)
@@ -252,9 +253,9 @@ class ResourceService:
 
     # ---- validation and admission ---------------------------------------------
 
-    def _validate_all(self, docs: list[Any], stack: str | None) -> list[Object]:
-        objs: list[Object] = []
-        causes: list[Object] = []
+    def _validate_all(self, docs: builtins.list[Any], stack: str | None) -> builtins.list[Object]:
+        objs: builtins.list[Object] = []
+        causes: builtins.list[Object] = []
         where: dict[tuple[str, str, str], int] = {}
         for index, doc in enumerate(docs):
             try:

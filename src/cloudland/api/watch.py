@@ -41,7 +41,7 @@ async def watch_stream(
             return False
         return selector is None or selector(change.object["metadata"].get("labels") or {})
 
-    queue: asyncio.Queue[Change | None] = asyncio.Queue()
+    queue: asyncio.Queue[Change | None] = asyncio.Queue()  # None: overflowed
     overflow = False
 
     def notify(change: Change) -> None:
@@ -77,19 +77,19 @@ async def watch_stream(
         yield _line("BOOKMARK", _bookmark(last))
         while True:
             try:
-                change = await asyncio.wait_for(queue.get(), BOOKMARK_EVERY)
+                item = await asyncio.wait_for(queue.get(), BOOKMARK_EVERY)
             except TimeoutError:
                 yield _line("BOOKMARK", _bookmark(max(last, service.store.revision)))
                 continue
-            if change is None:
+            if item is None:
                 yield _line("ERROR", Gone(
                     "watch fell too far behind", hint="watch again from your last resourceVersion"
                 ).to_dict())
                 return
-            if change.rv <= last:
+            if item.rv <= last:
                 continue
-            last = change.rv
-            yield _line(change.type, change.object)
+            last = item.rv
+            yield _line(item.type, item.object)
     finally:
         unsubscribe()
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -14,10 +13,11 @@ from cloudland.cli import lifecycle, resources, stacks
 from cloudland.cli.output import fail
 from cloudland.errors import CloudLandError
 
+
 class _Group(TyperGroup):
     """Turns CloudLand errors from any command into a message and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except CloudLandError as err:

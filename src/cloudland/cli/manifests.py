@@ -59,9 +59,14 @@ class Manifest:
         return line
 
     def ref(self) -> str:
-        doc = self.doc if isinstance(self.doc, dict) else {}
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        return f"{str(doc.get('kind', '?')).lower()}/{meta.get('name', '?')}"
+        doc = mapping(self.doc)
+        name = mapping(doc.get("metadata")).get("name", "?")
+        return f"{str(doc.get('kind', '?')).lower()}/{name}"
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """`value` if it is a mapping, else an empty one: for reading untrusted documents."""
+    return value if isinstance(value, dict) else {}
 
 
 def _split_path(field: str) -> list[str | int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Any, NoReturn
 
 import yaml
@@ -22,7 +22,7 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     wide = "wide"
     yaml = "yaml"
@@ -38,7 +38,8 @@ def dump(data: Any, fmt: Format | str) -> None:
     sys.stdout.flush()
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+          title: str | None = None) -> None:
     t = Table(title=title, box=None, header_style="bold", pad_edge=False, show_edge=False)
     for h in headers:
         t.add_column(h, overflow="fold")

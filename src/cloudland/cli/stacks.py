@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudland.cli.manifests import Manifest, load, stack_name
+from cloudland.cli.manifests import Manifest, load, mapping, stack_name
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, err_console, fail
 from cloudland.cli.plan import render_plan
@@ -178,8 +178,8 @@ def _print_results(items: list[dict[str, Any]]) -> None:
 
 
 def _ref(m: Manifest, namespace: str | None) -> dict[str, str] | None:
-    doc = m.doc if isinstance(m.doc, dict) else {}
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    doc = mapping(m.doc)
+    meta = mapping(doc.get("metadata"))
     if not isinstance(doc.get("kind"), str) or not isinstance(meta.get("name"), str):
         return None
     return {"kind": doc["kind"], "name": meta["name"],

@@ -8,6 +8,7 @@ connection, so a consumer sees each change once.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -119,12 +120,12 @@ class Client:
         path = self._path(kind, namespace, name) + "/status"
         return dict(self.request("PUT", path, json={"status": status}))
 
-    def apply(self, items: list[Object], *, stack: str | None = None, prune: bool = False,
+    def apply(self, items: builtins.list[Object], *, stack: str | None = None, prune: bool = False,
               dry_run: bool = False) -> Object:
         body = {"items": items, "stack": stack, "prune": prune, "dryRun": dry_run}
         return dict(self.request("POST", f"{PREFIX}/apply", json=body))
 
-    def destroy(self, refs: list[Object], *, stack: str | None = None,
+    def destroy(self, refs: builtins.list[Object], *, stack: str | None = None,
                 dry_run: bool = False) -> Object:
         body = {"items": refs, "stack": stack, "dryRun": dry_run}
         return dict(self.request("POST", f"{PREFIX}/destroy", json=body))

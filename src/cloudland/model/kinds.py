@@ -86,7 +86,8 @@ class PathMatch(Strict):
             try:
                 re.compile(self.value)
             except re.error as exc:
-                raise ValueError(f"invalid regular expression at position {exc.pos}: {exc.msg}")
+                raise ValueError(
+                    f"invalid regular expression at position {exc.pos}: {exc.msg}") from None
         elif not self.value.startswith("/"):
             raise ValueError(f"path '{self.value}' must start with '/'")
         return self
@@ -112,11 +113,13 @@ class BackendRef(Strict):
     weight: int = Field(1, ge=0, le=1000)
 
 
+RetryOn = Literal["5xx", "reset", "connect-failure", "retriable-4xx", "gateway-error"]
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("5xx", "reset", "connect-failure")
+
+
 class Retries(Strict):
     attempts: int = Field(2, ge=0, le=10)
-    on: list[Literal["5xx", "reset", "connect-failure", "retriable-4xx", "gateway-error"]] = (
-        Field(default_factory=lambda: ["5xx", "reset", "connect-failure"])
-    )
+    on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     perTryTimeout: Duration | None = None
 
 
@@ -215,12 +218,16 @@ class Validation(Strict):
     reason: Literal["Invalid", "Forbidden"] = "Invalid"
 
 
+Action = Literal["Deny", "Warn", "Audit"]
+DENY: tuple[Action, ...] = ("Deny",)
+
+
 class PolicySpec(Strict):
     matchKinds: list[str] = Field(min_length=1)
     validations: list[Validation] = Field(min_length=1)
     failurePolicy: Literal["Fail", "Ignore"] = "Fail"
-    validationActions: list[Literal["Deny", "Warn", "Audit"]] = Field(
-        default_factory=lambda: ["Deny"]
+    validationActions: list[Action] = Field(
+        default_factory=lambda: list(DENY)
     )
 
 
@@ -269,11 +276,11 @@ class Object(Strict):
 
 
 def _spec_object(kind: str, spec_model: type[BaseModel]) -> type[Object]:
-    return type(  # type: ignore[return-value]
+    return type(
         kind,
         (Object,),
         {
-            "__annotations__": {"kind": Literal[kind], "spec": spec_model},  # type: ignore[valid-type]
+            "__annotations__": {"kind": Literal[kind], "spec": spec_model},
             "__module__": __name__,
             "__doc__": f"A CloudLand {kind}.",
         },
@@ -313,7 +320,8 @@ class Secret(Object):
             try:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                raise ValueError(f"data.{key} is not base64; put plain text under stringData")
+                raise ValueError(
+                    f"data.{key} is not base64; put plain text under stringData") from None
         return data
 
     @model_validator(mode="after")

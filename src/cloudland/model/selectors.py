@@ -9,7 +9,10 @@ from cloudland.errors import BadRequest
 
 Selector = Callable[[Mapping[str, str]], bool]
 
-_SET = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*(?:(in|notin)\s*\(([^)]*)\)|(==|=|!=)\s*([\w.-]*))?\s*$")
+_SET = re.compile(
+    r"^\s*(!?)\s*([\w./-]+)\s*"
+    r"(?:(in|notin)\s*\(([^)]*)\)|(==|=|!=)\s*([\w.-]*))?\s*$"
+)
 
 
 def _split(text: str) -> list[str]:
@@ -40,18 +43,18 @@ def parse_selector(text: str | None) -> Selector | None:
                 hint="use key=value, key!=value, key in (a,b), key notin (a), key or !key",
             )
         neg, key, set_op, values, op, value = m.groups()
-        if set_op:
-            allowed = {v.strip() for v in values.split(",") if v.strip()}
-            if set_op == "in":
-                tests.append(lambda lb, k=key, a=allowed: lb.get(k) in a)
-            else:
-                tests.append(lambda lb, k=key, a=allowed: lb.get(k) not in a)
-        elif op in ("=", "=="):
-            tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
-        elif op == "!=":
-            tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
-        elif neg:
-            tests.append(lambda lb, k=key: k not in lb)
-        else:
-            tests.append(lambda lb, k=key: k in lb)
+        tests.append(_requirement(key, bool(neg), set_op or op, values, value))
     return lambda labels: all(t(labels) for t in tests)
+
+
+def _requirement(key: str, negated: bool, op: str | None, values: str | None,
+                 value: str | None) -> Selector:
+    if op in ("in", "notin"):
+        allowed = {v.strip() for v in (values or "").split(",") if v.strip()}
+        inside = op == "in"
+        return lambda labels: (labels.get(key) in allowed) == inside
+    if op in ("=", "=="):
+        return lambda labels: labels.get(key) == value
+    if op == "!=":
+        return lambda labels: labels.get(key) != value
+    return lambda labels: (key in labels) != negated

@@ -15,6 +15,7 @@ survive power loss at the cost of an fsync per commit.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -71,8 +72,8 @@ class Store:
         compacted = self._meta("compacted")
         self._revision = max(row[0] or 0, compacted)
         self._depth = 0
-        self._pending: list[Change] = []
-        self._subscribers: list[Callable[[Change], None]] = []
+        self._pending: builtins.list[Change] = []
+        self._subscribers: builtins.list[Callable[[Change], None]] = []
         self._writes_since_compact = 0
 
     # ---- lifecycle and transactions ------------------------------------------
@@ -129,7 +130,7 @@ class Store:
 
     def list(
         self, kind: str, namespace: str | None = None, selector: Selector | None = None
-    ) -> tuple[list[Object], int]:
+    ) -> tuple[builtins.list[Object], int]:
         """Objects of a kind (in one namespace or all), sorted, and the revision read at."""
         if namespace is None:
             rows = self._db.execute(
@@ -145,7 +146,7 @@ class Store:
             items = [o for o in items if selector(o["metadata"].get("labels") or {})]
         return items, self._revision
 
-    def changes_since(self, rv: int) -> list[Change]:
+    def changes_since(self, rv: int) -> builtins.list[Change]:
         """Every change after revision `rv`; Gone if some were compacted away."""
         if rv < self._meta("compacted"):
             raise Gone(
@@ -305,7 +306,7 @@ class Store:
             self._db.execute("DELETE FROM changes WHERE rv <= ?", (floor,))
             self._db.execute("UPDATE meta SET value=? WHERE key='compacted'", (floor,))
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """Consistency problems, if any (used after crashes and by tests)."""
         problems = [r[0] for r in self._db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         for kind, ns, name, rv, body in self._db.execute("SELECT * FROM resources"):
