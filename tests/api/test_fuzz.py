@@ -1,4 +1,10 @@
-"""Schemathesis fuzzes every operation in the OpenAPI description: no 5xx, ever."""
+"""Schemathesis fuzzes every operation in the OpenAPI description: no 5xx, ever.
+
+Watch operations stream until the client leaves, so they are left out here
+(tests/api/test_http.py drives them).  The coverage phase is off because
+schemathesis 4.32 crashes inside its own example generator on our recursive
+schemas ("AST constructor recursion depth mismatch"), not on a response.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import pytest
 from tests.conftest import Running
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(330)
 def test_schemathesis_finds_no_server_errors(cloudland: Running) -> None:
     st = shutil.which("st") or shutil.which("schemathesis")
     if st is None:
@@ -18,12 +24,12 @@ def test_schemathesis_finds_no_server_errors(cloudland: Running) -> None:
     result = subprocess.run(
         [st, "run", f"{cloudland.api}/openapi.json",
          "--checks", "not_a_server_error",
-         "--phases", "examples,coverage,fuzzing",
-         "--max-examples", "15", "--seed", "1", "--generation-deterministic",
+         "--phases", "examples,fuzzing", "--exclude-path-regex", "/watch/",
+         "--max-examples", "10", "--generation-deterministic",
          "--workers", "2", "--no-color", "--request-timeout", "10",
          "--suppress-health-check", "all", "--warnings", "off"],
-        capture_output=True, text=True, timeout=580,
+        capture_output=True, text=True, timeout=300,
     )
     tail = "\n".join((result.stdout + result.stderr).splitlines()[-60:])
     assert result.returncode == 0, tail
-    assert "not_a_server_error" in result.stdout or "passed" in result.stdout.lower(), tail
+    assert "No issues found" in result.stdout, tail

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,7 +34,7 @@ from cloudland.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from cloudland.model.kinds import KINDS, KindInfo
+from cloudland.model.kinds import KINDS, KindInfo, kind_by_plural
 from cloudland.model.selectors import parse_selector
 
 log = logging.getLogger("cloudland.api")
@@ -91,7 +90,7 @@ def create_app(
                   docs_url="/docs", redoc_url=None)
     authenticate = auth or TokenAuth(None)
 
-    def principal(request: Request) -> Principal:
+    async def principal(request: Request) -> Principal:
         return authenticate(request)
 
     @app.exception_handler(CloudLandError)
@@ -140,8 +139,7 @@ def create_app(
              "namespaced": True} for i in KINDS.values()]})
 
     _stack_routes(router, service, body_limit)
-    for info in KINDS.values():
-        _kind_routes(router, service, info, body_limit)
+    _resource_routes(router, service, body_limit)
     app.include_router(router)
     install_openapi(app)
     return app
@@ -201,78 +199,92 @@ def _check_stack(stack: str) -> None:
         raise Invalid(str(exc), field="stack") from None
 
 
-def _kind_routes(router: APIRouter, service: ResourceService, info: KindInfo,
-                 limit: int) -> None:
-    kind, plural = info.kind, info.plural
-    base = f"/namespaces/{{namespace}}/{plural}"
-    one = base + "/{name}"
-    tags: list[str | Enum] = [kind]
-    body_ref = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{kind}"}}}}}
-    patch_ref = {"requestBody": {"required": True, "content": {
-        "application/merge-patch+json": {"schema": {"type": "object"}}}}}
-    status_ref = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "properties": {"status": {"$ref":
-                   "#/components/schemas/Status"}}}}}}}
+def _info(plural: str) -> KindInfo:
+    info = kind_by_plural(plural)
+    if info is None:
+        raise NotFound(f"'{plural}' is not a resource type",
+                       hint="known: " + ", ".join(i.plural for i in KINDS.values()))
+    return info
 
-    async def list_or_watch(namespace: str | None, labelSelector: str | None,
+
+def _resource_routes(router: APIRouter, service: ResourceService, limit: int) -> None:
+    """Generic routes for every kind: a handful of patterns instead of ~10 per kind,
+    so matching a request stays cheap.  `openapi.py` documents them per kind."""
+    hidden: dict[str, Any] = {"include_in_schema": False}
+    base = "/namespaces/{namespace}/{plural}"
+    one = base + "/{name}"
+
+    async def list_or_watch(plural: str, namespace: str | None, labelSelector: str | None,
                             watch: bool, resourceVersion: str | None) -> Any:
+        kind = _info(plural).kind
         selector = parse_selector(labelSelector)
         if watch:
-            since = _revision(resourceVersion)
             return StreamingResponse(
-                watch_stream(service, kind, namespace, selector, since),
+                watch_stream(service, kind, namespace, selector, _revision(resourceVersion)),
                 media_type="application/x-ndjson")
         items, rv = service.list(kind, namespace, selector)
         return JSON({"kind": f"{kind}List", "apiVersion": "cloudland/v1",
                      "metadata": {"resourceVersion": str(rv)}, "items": items})
 
-    @router.get(f"/{plural}", tags=tags, operation_id=f"list{kind}AllNamespaces")
-    async def list_all(labelSelector: str | None = None, watch: bool = False,
+    @router.get("/{plural}", **hidden)
+    async def list_all(plural: str, labelSelector: str | None = None, watch: bool = False,
                        resourceVersion: str | None = None) -> Any:
-        return await list_or_watch(None, labelSelector, watch, resourceVersion)
+        return await list_or_watch(plural, None, labelSelector, watch, resourceVersion)
 
-    @router.get(base, tags=tags, operation_id=f"list{kind}")
-    async def list_ns(namespace: str, labelSelector: str | None = None, watch: bool = False,
-                      resourceVersion: str | None = None) -> Any:
-        return await list_or_watch(namespace, labelSelector, watch, resourceVersion)
+    @router.get(base, **hidden)
+    async def list_ns(plural: str, namespace: str, labelSelector: str | None = None,
+                      watch: bool = False, resourceVersion: str | None = None) -> Any:
+        return await list_or_watch(plural, namespace, labelSelector, watch, resourceVersion)
 
-    @router.post(base, tags=tags, operation_id=f"create{kind}", status_code=201,
-                 openapi_extra=body_ref)
-    async def create(namespace: str, request: Request) -> JSON:
+    @router.get("/watch/{plural}", **hidden)
+    async def watch_all(plural: str, labelSelector: str | None = None,
+                        resourceVersion: str | None = None) -> Any:
+        return await list_or_watch(plural, None, labelSelector, True, resourceVersion)
+
+    @router.get("/watch" + base, **hidden)
+    async def watch_ns(plural: str, namespace: str, labelSelector: str | None = None,
+                       resourceVersion: str | None = None) -> Any:
+        return await list_or_watch(plural, namespace, labelSelector, True, resourceVersion)
+
+    @router.post(base, status_code=201, **hidden)
+    async def create(plural: str, namespace: str, request: Request) -> JSON:
+        kind = _info(plural).kind
         obj = service.create(await read_json(request, limit), kind=kind, namespace=namespace)
         return JSON(obj, status_code=201)
 
-    @router.get(one, tags=tags, operation_id=f"read{kind}")
-    async def read(namespace: str, name: str) -> JSON:
-        return JSON(service.get(kind, namespace, name))
+    @router.get(one, **hidden)
+    async def read(plural: str, namespace: str, name: str) -> JSON:
+        return JSON(service.get(_info(plural).kind, namespace, name))
 
-    @router.put(one, tags=tags, operation_id=f"replace{kind}", openapi_extra=body_ref)
-    async def replace(namespace: str, name: str, request: Request) -> JSON:
+    @router.put(one, **hidden)
+    async def replace(plural: str, namespace: str, name: str, request: Request) -> JSON:
+        kind = _info(plural).kind
         doc = await read_json(request, limit)
         return JSON(service.replace(doc, kind=kind, namespace=namespace, name=name))
 
-    @router.patch(one, tags=tags, operation_id=f"patch{kind}", openapi_extra=patch_ref)
-    async def patch(namespace: str, name: str, request: Request) -> JSON:
+    @router.patch(one, **hidden)
+    async def patch(plural: str, namespace: str, name: str, request: Request) -> JSON:
+        kind = _info(plural).kind
         doc = await read_json(request, limit)
         return JSON(service.patch(doc, kind=kind, namespace=namespace, name=name))
 
-    @router.delete(one, tags=tags, operation_id=f"delete{kind}")
-    async def delete(namespace: str, name: str, resourceVersion: str | None = Query(None)) -> JSON:
-        return JSON(service.delete(kind, namespace, name, rv=resourceVersion))
+    @router.delete(one, **hidden)
+    async def delete(plural: str, namespace: str, name: str,
+                     resourceVersion: str | None = None) -> JSON:
+        return JSON(service.delete(_info(plural).kind, namespace, name, rv=resourceVersion))
 
-    @router.get(one + "/status", tags=tags, operation_id=f"read{kind}Status")
-    async def read_status(namespace: str, name: str) -> JSON:
-        return JSON(service.get(kind, namespace, name))
+    @router.get(one + "/status", **hidden)
+    async def read_status(plural: str, namespace: str, name: str) -> JSON:
+        return JSON(service.get(_info(plural).kind, namespace, name))
 
-    @router.put(one + "/status", tags=tags, operation_id=f"replace{kind}Status",
-                openapi_extra=status_ref)
-    async def replace_status(namespace: str, name: str, request: Request) -> JSON:
+    @router.put(one + "/status", **hidden)
+    async def replace_status(plural: str, namespace: str, name: str, request: Request) -> JSON:
+        kind = _info(plural).kind
         doc = await read_json(request, limit)
         if not isinstance(doc, dict):
             raise BadRequest("expected an object with a status field", field="status")
-        rv = (doc.get("metadata") or {}).get("resourceVersion") if isinstance(
-            doc.get("metadata"), dict) else None
+        meta = doc.get("metadata")
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
         return JSON(service.update_status(kind, namespace, name, doc.get("status"),
                                           rv=None if rv is None else str(rv)))
 
@@ -285,5 +297,3 @@ def _revision(value: str | None) -> int | None:
                          field="resourceVersion")
     return int(value)
 
-
-__all__ = ["NotFound", "create_app"]

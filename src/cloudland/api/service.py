@@ -149,7 +149,7 @@ class ResourceService:
         digest = hashlib.sha1(
             f"{about['kind']}/{meta.get('uid')}/{type_}/{reason}/{message}".encode()
         ).hexdigest()[:10]
-        name = f"{meta['name']}.{digest}"[-63:].lstrip("-.")
+        name = f"{meta['name'][:52]}-{digest}"
         ns = meta.get("namespace", DEFAULT_NAMESPACE)
         now = now_rfc3339()
         existing = self.store.get("Event", ns, name)
@@ -233,9 +233,12 @@ class ResourceService:
             changed = _intent(old) != _intent(obj)
             return ApplyResult(kind, ns, name, "configured" if changed else "unchanged",
                                old, obj, drift)
+        if _intent(old) == _intent(obj):
+            # Same intent: keep the object as it is (its source path may differ
+            # when applied from another directory; that is not a change).
+            return ApplyResult(kind, ns, name, "unchanged", old, old, drift)
         new = self.store.update(obj)
-        action: Action = "unchanged" if new is old or new == old else "configured"
-        return ApplyResult(kind, ns, name, action, old, new, drift)
+        return ApplyResult(kind, ns, name, "configured", old, new, drift)
 
     def _delete_result(self, obj: Object, dry_run: bool) -> ApplyResult:
         kind, ns, name = _key(obj)
@@ -318,15 +321,16 @@ def _key(obj: Object) -> tuple[str, str, str]:
 
 
 def _intent(obj: Object) -> Object:
+    """What a manifest decides: spec fields, labels and annotations (less bookkeeping)."""
     fields = KINDS[obj["kind"]].spec_fields
     meta = obj["metadata"]
-    return {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {}),
+    annotations = {k: v for k, v in meta.get("annotations", {}).items()
+                   if k not in (APPLIED_ANNOTATION, SOURCE_ANNOTATION)}
+    return {"labels": meta.get("labels", {}), "annotations": annotations,
             **{f: obj.get(f) for f in fields}}
 
 
 def intent_hash(obj: Object) -> str:
-    """A short hash of what a manifest says, ignoring the hash annotation itself."""
+    """A short hash of what a manifest says, ignoring bookkeeping annotations."""
     intent = _intent(obj)
-    intent["annotations"] = {k: v for k, v in intent["annotations"].items()
-                             if k != APPLIED_ANNOTATION}
     return hashlib.sha256(json.dumps(intent, sort_keys=True).encode()).hexdigest()[:16]

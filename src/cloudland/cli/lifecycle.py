@@ -14,7 +14,6 @@ import typer
 
 from cloudland.cli.options import HomeOption
 from cloudland.cli.output import Format, console, dump, err_console, fail, table
-from cloudland.client import Client
 from cloudland.errors import CloudLandError, Unavailable
 from cloudland.home import Home
 
@@ -46,7 +45,7 @@ def up(
             f"(pid {running.get('pid')}, API {running.get('api')})",
             hint="use it, or stop it with: cloudland down"))
     if detach:
-        _start_detached(where, api_host, api_port)
+        start_detached(where, api_host, api_port)
         return
     _configure_logging()
     from cloudland.daemon.supervisor import run_foreground
@@ -62,7 +61,7 @@ def _configure_logging() -> None:
                         format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
 
 
-def _start_detached(home: Home, host: str, port: int) -> None:
+def start_detached(home: Home, host: str, port: int) -> None:
     home.ensure()
     log = open(home.daemon_log, "ab")  # noqa: SIM115 -- handed to the child
     cmd = [sys.executable, "-m", "cloudland", "up", "--home", str(home.root),
@@ -126,6 +125,8 @@ def status(
     if state:
         info.update(pid=state.get("pid"), version=state.get("version"),
                     addresses={"api": state.get("api")})
+        from cloudland.client import Client  # lazily: the daemon itself never needs httpx
+
         try:
             health = Client(str(state["api"]), timeout=5).health()
             info["health"] = health.get("status")

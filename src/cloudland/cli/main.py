@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from cloudland import __version__
-from cloudland.cli import lifecycle, resources, stacks
+from cloudland.cli import demo, lifecycle, resources, stacks
 from cloudland.cli.output import fail
 from cloudland.errors import CloudLandError
 
@@ -50,6 +50,7 @@ def main(
 
 
 lifecycle.register(app)
+demo.register(app)
 stacks.register(app)
 resources.register(app)
 

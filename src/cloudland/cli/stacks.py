@@ -49,7 +49,7 @@ def apply(
     home: HomeOption = None,
 ) -> None:
     """Create or update everything in the files, all or nothing."""
-    manifests, items, stack_label = _prepare(filename, recursive, stack, namespace)
+    manifests, items, stack_label = prepare(filename, recursive, stack, namespace)
     with client_for(home) as client:
         with _progress(f"Applying {len(items)} object(s)…", len(items)):
             result = _call(manifests, lambda: client.apply(items, stack=stack_label, prune=prune))
@@ -78,7 +78,7 @@ def plan(
     home: HomeOption = None,
 ) -> None:
     """Show what apply would create, change and delete — and drift made outside the files."""
-    manifests, items, stack_label = _prepare(filename, recursive, stack, namespace)
+    manifests, items, stack_label = prepare(filename, recursive, stack, namespace)
     with client_for(home) as client:
         result = _call(manifests, lambda: client.apply(items, stack=stack_label, prune=prune,
                                                        dry_run=True))
@@ -121,7 +121,7 @@ def destroy(
 # ---- helpers ------------------------------------------------------------------
 
 
-def _prepare(files: list[str], recursive: bool, stack: str | None,
+def prepare(files: list[str], recursive: bool, stack: str | None,
              namespace: str | None) -> tuple[list[Manifest], list[Any], str]:
     manifests = load(files, recursive=recursive)
     if not manifests:
@@ -166,12 +166,15 @@ def _progress(message: str, count: int) -> Any:
 
 def _print_results(items: list[dict[str, Any]]) -> None:
     counts = {a: 0 for a in STYLES}
+    lines = []
     for item in items:
         action = item["action"]
         counts[action] = counts.get(action, 0) + 1
         ns = "" if item["namespace"] == "default" else f" -n {item['namespace']}"
-        console.print(f"{item['kind'].lower()}/{item['name']}{ns} "
-                      f"[{STYLES.get(action, 'white')}]{action}[/]")
+        lines.append(f"{item['kind'].lower()}/{item['name']}{ns} "
+                     f"[{STYLES.get(action, 'white')}]{action}[/]")
+    if lines:
+        console.print("\n".join(lines))  # one print: rich is slow per call
     console.print(f"[bold]Apply complete:[/] {counts['created']} created, "
                   f"{counts['configured']} configured, {counts['unchanged']} unchanged, "
                   f"{counts['deleted']} deleted.")
