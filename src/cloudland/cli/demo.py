@@ -10,8 +10,8 @@ import typer
 from cloudland.cli.columns import kind_view
 from cloudland.cli.lifecycle import start_detached
 from cloudland.cli.options import HomeOption
-from cloudland.cli.stacks import prepare
 from cloudland.cli.output import console, table
+from cloudland.cli.stacks import prepare
 from cloudland.client import Client
 from cloudland.errors import BadRequest
 from cloudland.home import Home
