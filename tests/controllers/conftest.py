@@ -84,15 +84,3 @@ def doc(kind: str, name: str, spec: dict[str, Any] | None = None, **top: Any) ->
         body["spec"] = spec
     return body
 
-
-@pytest.fixture
-def make() -> Callable[..., dict[str, Any]]:
-    """Build a manifest: make(kind, name, spec=None, **top-level fields)."""
-    return doc
-
-
-# ResourceService.record_event names events "<object>.<digest>", which the Event
-# kind's name check (a DNS-1123 label, no dots) refuses, so no event can be
-# recorded yet.  Remove this marker once api/service.py is fixed.
-EVENT_NAMES = pytest.mark.xfail(
-    strict=True, reason="api.service.record_event builds names with '.', which Event refuses")

@@ -20,7 +20,7 @@ from cloudland.controllers import (
     TemporaryError,
 )
 from cloudland.controllers.context import get_condition
-from tests.controllers.conftest import EVENT_NAMES
+from tests.controllers.conftest import doc
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 Behaviour = Callable[[Key, Context], Awaitable[Result | None]]
@@ -44,8 +44,11 @@ class Probe:
 
 
 def cm(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "cloudland/v1", "kind": "ConfigMap", "metadata": {"name": name},
-            "data": data}
+    return doc("ConfigMap", name, data=data)
+
+
+def set_data(api: ResourceService, name: str, **data: str) -> None:
+    api.patch({"data": data}, kind="ConfigMap", namespace="default", name=name)
 
 
 def key(name: str) -> Key:
@@ -71,9 +74,8 @@ def test_start_queues_existing_objects_then_follows_changes(run: Run, api: Resou
         async with running([probe]) as manager:
             await eventually(lambda: sorted(k.name for k in probe.calls) == ["a", "b"])
             api.create(cm("c"))
-            api.patch({"data": {"x": "1"}}, kind="ConfigMap", namespace="default", name="a")
-            api.create({"apiVersion": "cloudland/v1", "kind": "Broker",
-                        "metadata": {"name": "other"}, "spec": {}})
+            set_data(api, "a", x="1")
+            api.create(doc("Broker", "other", {}))
             await eventually(lambda: manager.idle and probe.count("c") == 1)
             assert probe.count("a") == 2
             assert {k.kind for k in probe.calls} == {"ConfigMap"}
@@ -89,8 +91,7 @@ def test_changes_to_a_queued_key_are_coalesced(run: Run, api: ResourceService, r
         probe = Probe()
         async with running([probe]) as manager:
             for i in range(5):  # no await in between: the workers have not run yet
-                api.patch({"data": {"x": str(i)}}, kind="ConfigMap", namespace="default",
-                          name="a")
+                set_data(api, "a", x=str(i))
             await eventually(lambda: manager.idle and probe.calls)
             assert probe.count("a") == 1
 
@@ -120,8 +121,7 @@ def test_one_key_runs_serially_and_different_keys_in_parallel(
         async with running([probe], workers=4) as manager:
             await eventually(lambda: sum(active.values()) == 4, what="4 reconciles at once")
             for i in range(3):  # "a" changes while it is being reconciled
-                api.patch({"data": {"x": str(i)}}, kind="ConfigMap", namespace="default",
-                          name="a")
+                set_data(api, "a", x=str(i))
             await asyncio.sleep(0)
             assert active["a"] == 1
             gate.set()
@@ -262,15 +262,33 @@ def test_permanent_error_waits_for_a_new_generation(
             assert probe.count("a") == 1
             assert manager.health()["parked"] == 1
 
-            api.patch({"data": {"mode": "good"}}, kind="ConfigMap", namespace="default",
-                      name="a")
+            set_data(api, "a", mode="good")
             await eventually(lambda: manager.idle and probe.count("a") == 2)
             assert manager.health()["parked"] == 0
 
     run(body())
 
 
-@EVENT_NAMES
+def test_a_spec_edited_during_a_failing_reconcile_is_still_reconciled(
+        run: Run, api: ResourceService, running: Any, eventually: Any) -> None:
+    api.create(cm("a", mode="bad"))
+
+    async def edited_meanwhile(key: Key, ctx: Context) -> None:
+        obj = ctx.find(key)
+        if obj and obj["data"]["mode"] == "bad":
+            set_data(api, "a", mode="good")  # the user fixes it while the reconcile runs
+            raise PermanentError("data.mode: 'bad' is not a mode", reason="InvalidMode")
+
+    async def body() -> None:
+        probe = Probe(edited_meanwhile)
+        async with running([probe]) as manager:
+            await eventually(lambda: manager.idle and probe.count("a") == 2)
+            assert manager.health()["parked"] == 0
+            assert api.get("ConfigMap", "default", "a")["status"]["observedGeneration"] == 1
+
+    run(body())
+
+
 def test_events_are_recorded_on_transitions_only(
         run: Run, api: ResourceService, running: Any, eventually: Any,
         clock: ManualClock) -> None:
@@ -296,13 +314,11 @@ def test_events_are_recorded_on_transitions_only(
             await eventually(lambda: probe.count("a") >= 6)
             assert seen() == [("Warning", "ReconcileError", 1)]
 
-            api.patch({"data": {"mode": "bad"}}, kind="ConfigMap", namespace="default",
-                      name="a")
+            set_data(api, "a", mode="bad")
             await eventually(lambda: manager.health()["parked"] == 1)
             assert seen() == [("Warning", "InvalidMode", 1), ("Warning", "ReconcileError", 1)]
 
-            api.patch({"data": {"mode": "fine"}}, kind="ConfigMap", namespace="default",
-                      name="a")
+            set_data(api, "a", mode="fine")
             await eventually(lambda: manager.idle and manager.health()["parked"] == 0)
             assert seen() == [("Warning", "InvalidMode", 1), ("Warning", "ReconcileError", 1)]
             manager.enqueue(key("a"))
@@ -400,6 +416,40 @@ def test_stop_cancels_busy_workers_and_leaves_nothing_running(
     run(body())
 
 
+def test_the_real_clock_drives_retries(run: Run, api: ResourceService,
+                                       eventually: Any) -> None:
+    api.create(cm("a"))
+
+    async def twice(key: Key, ctx: Context) -> Result | None:
+        if len(probe.calls) <= 2:
+            raise RuntimeError(f"attempt {len(probe.calls)}")
+        return None
+
+    probe = Probe(twice)
+
+    async def body() -> None:
+        manager = Manager(api, [probe], backoff_base=0.001)
+        await manager.start()
+        try:
+            await eventually(lambda: len(probe.calls) == 3 and manager.idle)
+            assert manager.health()["failing"] == 0
+        finally:
+            await manager.stop()
+
+    run(body())
+
+
+def test_changes_committed_on_another_thread_are_handed_to_the_loop(
+        run: Run, api: ResourceService, running: Any, eventually: Any) -> None:
+    async def body() -> None:
+        probe = Probe()
+        async with running([probe]):
+            await asyncio.to_thread(api.create, cm("a"))
+            await eventually(lambda: probe.count("a") == 1)
+
+    run(body())
+
+
 def test_health_reports_the_workers(run: Run, api: ResourceService, running: Any) -> None:
     async def body() -> None:
         async with running([Probe()], workers=2) as manager:
@@ -411,6 +461,8 @@ def test_health_reports_the_workers(run: Run, api: ResourceService, running: Any
 
 
 def test_reconcilers_are_one_per_known_kind(api: ResourceService) -> None:
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        Manager(api, [Probe()], workers=0)
     with pytest.raises(ValueError, match="two reconcilers for ConfigMap"):
         Manager(api, [Probe(), Probe()])
     stranger = Probe()

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cloudland.api.service import ResourceService
@@ -45,6 +45,8 @@ class Manager:
     def __init__(self, api: ResourceService, reconcilers: Iterable[Reconciler], *,
                  workers: int = 4, resync: float | None = 300.0, clock: Clock | None = None,
                  backoff_base: float = 0.005, backoff_cap: float = 300.0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.api = api
         self.clock: Clock = clock or LoopClock()
         self.ctx = Context(api, self.clock)
@@ -71,7 +73,8 @@ class Manager:
         self._fanout_handle: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._resync_timer: Timer | None = None
-        self._unsubscribe: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
 
@@ -79,8 +82,8 @@ class Manager:
 
     async def start(self) -> None:
         """Watch the store, queue every existing object, and start the workers."""
-        if self._tasks:
-            raise RuntimeError("the controller manager is already running")
+        if self._tasks or self._stopped:
+            raise RuntimeError("a controller manager starts once; create a new one to restart")
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         # Subscribe before listing, so nothing committed in between is missed.
@@ -94,6 +97,7 @@ class Manager:
 
     async def stop(self) -> None:
         """Stop watching and cancel the workers; returns once none is left running."""
+        self._stopped = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -101,6 +105,7 @@ class Manager:
             self._resync_timer.cancel()
         if self._fanout_handle is not None:
             self._fanout_handle.cancel()
+            self._fanout_handle, self._fanout = None, set()
         self.queue.shutdown()
         for task in self._tasks:
             task.cancel()
@@ -184,10 +189,13 @@ class Manager:
                 self.queue.done(key)
 
     async def _process(self, key: Key) -> None:
+        # The generation is read before the reconcile, so a spec edited while it
+        # runs is never mistaken for the one that failed permanently.
+        obj = self.ctx.find(key)
+        generation = obj["metadata"].get("generation") if obj else None
         if key in self._parked:
-            obj = self.ctx.find(key)
             if (obj is not None and not obj["metadata"].get("deletionTimestamp")
-                    and obj["metadata"].get("generation") == self._parked[key]):
+                    and generation == self._parked[key]):
                 return  # failed permanently at this generation; wait for a spec change
             del self._parked[key]
         try:
@@ -195,7 +203,8 @@ class Manager:
         except PermanentError as err:
             log.warning("%s: %s (not retried until its spec changes)", key, err.message)
             self.queue.forget(key)
-            self._park(key, err)
+            if obj is not None:
+                self._park(key, err, generation)
         except TemporaryError as err:
             delay = self.queue.limiter.when(key) if err.delay is None else err.delay
             log.info("%s: %s (retrying in %.3gs)", key, err.message, delay)
@@ -226,29 +235,26 @@ class Manager:
         if bad and bad["status"] == "True" and bad["reason"] == ERROR_REASON:
             self._update_conditions(key, ("Degraded", "False", "ReconcileSucceeded", ""))
 
-    def _park(self, key: Key, err: PermanentError) -> None:
-        obj = self.ctx.find(key)
-        if obj is None:
-            return
-        self._parked[key] = obj["metadata"].get("generation")
+    def _park(self, key: Key, err: PermanentError, generation: int | None) -> None:
+        self._parked[key] = generation
         conditions: list[ConditionSpec] = [("Ready", "False", err.reason, err.message),
-                      ("Progressing", "False", err.reason, "")]
+                                           ("Progressing", "False", err.reason, "")]
         if self._errors.pop(key, None) is not None:
             conditions.append(("Degraded", "False", "ReconcileStopped",
                                "the last error is permanent; see Ready"))
-        self._update_conditions(key, *conditions, observe=True)
+        self._update_conditions(key, *conditions, observed=generation)
 
     def _update_conditions(self, key: Key, *conditions: ConditionSpec,
-                           observe: bool = False) -> None:
+                           observed: int | None = None) -> None:
         """Status written on a reconciler's behalf; a failure here is only logged."""
         try:
             obj = self.ctx.find(key)
             if obj is None:
                 return
-            generation = obj["metadata"].get("generation")
+            generation = observed or obj["metadata"].get("generation")
             status = self.ctx.status_of(obj)
-            if observe:
-                status["observedGeneration"] = generation
+            if observed is not None:
+                status["observedGeneration"] = observed
             for type_, value, reason, message in conditions:
                 self.ctx.set_condition(status, type_, value, reason, message, generation)
             self.ctx.write_status(obj, status)

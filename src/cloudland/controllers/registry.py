@@ -9,7 +9,6 @@ from __future__ import annotations
 from cloudland.controllers.base import Reconciler
 from cloudland.controllers.broker import BrokerReconciler
 from cloudland.controllers.bucket import BucketReconciler
-from cloudland.controllers.config import ConfigReconciler
 from cloudland.controllers.cronjob import CronJobReconciler
 from cloudland.controllers.function import FunctionReconciler
 from cloudland.controllers.job import JobReconciler
@@ -17,6 +16,11 @@ from cloudland.controllers.policy import PolicyReconciler
 from cloudland.controllers.route import RouteReconciler
 from cloudland.controllers.service import ServiceReconciler
 from cloudland.controllers.trigger import TriggerReconciler
+
+# Like Kubernetes, Secrets and ConfigMaps have no status and no controller of their
+# own: storing them is all there is to do.  The kinds that read them list them in
+# `watches`, so a change to one re-checks its consumers.
+NO_RECONCILER = ("Event", "Secret", "ConfigMap")
 
 
 def default_reconcilers() -> list[Reconciler]:
@@ -27,8 +31,6 @@ def default_reconcilers() -> list[Reconciler]:
         BucketReconciler(),
         BrokerReconciler(),
         TriggerReconciler(),
-        ConfigReconciler("Secret"),
-        ConfigReconciler("ConfigMap"),
         PolicyReconciler(),
         JobReconciler(),
         CronJobReconciler(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -111,6 +112,10 @@ class Supervisor:
                 if serving.done():
                     serving.result()
                 await asyncio.sleep(0.002)
+            # Everything loaded so far lives as long as the process: keep the
+            # collector from re-scanning it on every full collection (latency tail).
+            gc.collect()
+            gc.freeze()
             self.home.write_state({
                 "pid": os.getpid(), "api": api_url, "home": str(self.home.root),
                 "version": __version__, "startedAt": self.started,

@@ -19,6 +19,7 @@ import builtins
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +69,11 @@ class Store:
         self._db.execute(f"PRAGMA synchronous={sync}")
         self._db.execute("PRAGMA busy_timeout=5000")
         migrate(self._db)
+        # Checkpoints copy the WAL into the database file and fsync it: tens of
+        # milliseconds that would stall the event loop inside some unlucky commit.
+        # A background thread with its own connection does them instead.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(self.path)
         row = self._db.execute("SELECT max(rv) FROM changes").fetchone()
         compacted = self._meta("compacted")
         self._revision = max(row[0] or 0, compacted)
@@ -79,6 +85,7 @@ class Store:
     # ---- lifecycle and transactions ------------------------------------------
 
     def close(self) -> None:
+        self._checkpointer.stop()
         self._db.close()
 
     @property
@@ -314,6 +321,35 @@ class Store:
             if obj["metadata"]["resourceVersion"] != str(rv) or rv > self._revision:
                 problems.append(f"{kind} {ns}/{name}: resourceVersion {rv} out of step")
         return problems
+
+
+class _Checkpointer(threading.Thread):
+    """Runs PASSIVE WAL checkpoints off the writer's thread, never blocking it."""
+
+    def __init__(self, path: str, interval: float = 0.5, min_bytes: int = 4 << 20) -> None:
+        super().__init__(name="store-checkpointer", daemon=True)
+        self.path, self.interval, self.min_bytes = path, interval, min_bytes
+        self._stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stopping.wait(self.interval):
+                try:
+                    if os.path.getsize(self.path + "-wal") >= self.min_bytes:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (OSError, sqlite3.Error):
+                    continue  # retried next round; a busy database is not a failure
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(5)
 
 
 def _same(a: Object, b: Object) -> bool:
