@@ -1,17 +1,16 @@
 """The OpenAPI description: every kind's paths and JSON Schema.
 
-The router serves all kinds through a few generic routes (cheap to match),
-and handlers read bodies themselves (to bound size and report errors in one
-shape), so FastAPI cannot describe them; this module writes the per-kind
-paths the way Kubernetes publishes them, with each kind's schema.
+The router serves all kinds through a few generic routes (cheap to match) and
+handlers read bodies themselves (to bound size and report errors in one
+shape); this module writes the per-kind paths the way Kubernetes publishes
+them, with each kind's JSON Schema from pydantic.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -89,18 +88,48 @@ def kind_paths(info: KindInfo) -> dict[str, Any]:
     }
 
 
-def install_openapi(app: FastAPI) -> None:
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                             description="CloudLand control-plane API")
-        for info in KINDS.values():
-            schema.setdefault("paths", {}).update(kind_paths(info))
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(kind_schemas())
-        components["Error"] = ERROR
-        app.openapi_schema = schema
-        return schema
+def _plain(op_id: str, tag: str, summary: str, *, body: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id, "tags": [tag], "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {
+                "schema": {"type": "object"}}}},
+            "default": {"description": "Error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}},
+        },
+    }
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "required": ["items"], "properties": {
+                "items": {"type": "array", "items": {"type": "object"}},
+                "stack": {"type": "string"}, "prune": {"type": "boolean"},
+                "dryRun": {"type": "boolean"}}}}}}
+    return op
 
-    app.openapi = openapi  # type: ignore[method-assign]
+
+@cache
+def build_openapi() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document, built once."""
+    from cloudland import __version__
+
+    paths: dict[str, Any] = {
+        "/healthz": {"get": _plain("health", "health", "Health of each part")},
+        "/readyz": {"get": _plain("ready", "health", "Ready to serve")},
+        "/version": {"get": _plain("version", "health", "CloudLand version")},
+        PREFIX: {"get": _plain("discovery", "discovery", "Kinds served")},
+        f"{PREFIX}/apply": {"post": _plain(
+            "apply", "stacks", "Create or update many objects, all or nothing", body=True)},
+        f"{PREFIX}/destroy": {"post": _plain(
+            "destroy", "stacks", "Delete objects and everything in a stack", body=True)},
+    }
+    for info in KINDS.values():
+        paths.update(kind_paths(info))
+    schemas = kind_schemas()
+    schemas["Error"] = ERROR
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CloudLand API", "version": __version__,
+                 "description": "CloudLand control-plane API"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
