@@ -19,3 +19,10 @@ def test_mypy_is_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_package_boundaries_hold() -> None:
+    """The layers in docs/architecture.md, enforced by import-linter (.importlinter)."""
+    script = Path(sys.executable).parent / "lint-imports"  # beside this interpreter
+    result = subprocess.run([str(script)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -18,13 +18,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cloudland.api.service import ResourceService
+from cloudland.api.service import Change, ResourceService
 from cloudland.controllers.base import Key, PermanentError, Reconciler, TemporaryError, Watching
 from cloudland.controllers.clock import Clock, LoopClock, Timer
 from cloudland.controllers.context import ConditionStatus, Context, get_condition
 from cloudland.controllers.queue import RateLimiter, WorkQueue
 from cloudland.model.kinds import KINDS
-from cloudland.store import Change
 
 Object = dict[str, Any]
 ERROR_REASON = "ReconcileError"
