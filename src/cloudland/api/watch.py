@@ -10,9 +10,10 @@ nothing because the log still has it.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import orjson
 
 from cloudland.api.service import ResourceService
 from cloudland.errors import Gone
@@ -24,7 +25,7 @@ BOOKMARK_EVERY = 15.0
 
 
 def _line(event_type: str, obj: dict[str, Any]) -> bytes:
-    return json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps({"type": event_type, "object": obj}) + b"\n"
 
 
 async def watch_stream(

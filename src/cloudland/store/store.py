@@ -16,7 +16,6 @@ survive power loss at the cost of an fsync per commit.
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import sqlite3
 import threading
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cloudland.errors import AlreadyExists, Conflict, Gone, NotFound
 from cloudland.model.kinds import KINDS
@@ -55,8 +56,8 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dumps(obj: Object) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+def _dumps(obj: Object) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 class Store:
@@ -133,7 +134,7 @@ class Store:
             "SELECT body FROM resources WHERE kind=? AND namespace=? AND name=?",
             (kind, namespace, name),
         ).fetchone()
-        return json.loads(row[0]) if row else None
+        return orjson.loads(row[0]) if row else None
 
     def list(
         self, kind: str, namespace: str | None = None, selector: Selector | None = None
@@ -148,7 +149,7 @@ class Store:
                 "SELECT body FROM resources WHERE kind=? AND namespace=? ORDER BY name",
                 (kind, namespace),
             )
-        items = [json.loads(r[0]) for r in rows]
+        items = [orjson.loads(r[0]) for r in rows]
         if selector is not None:
             items = [o for o in items if selector(o["metadata"].get("labels") or {})]
         return items, self._revision
@@ -165,7 +166,7 @@ class Store:
         rows = self._db.execute(
             "SELECT rv, type, body FROM changes WHERE rv > ? ORDER BY rv", (rv,)
         )
-        return [Change(r[0], r[1], json.loads(r[2])) for r in rows]
+        return [Change(r[0], r[1], orjson.loads(r[2])) for r in rows]
 
     # ---- writes ---------------------------------------------------------------
 
@@ -289,7 +290,7 @@ class Store:
         self._log(rv, "DELETED", obj, _dumps(obj))
         return obj
 
-    def _log(self, rv: int, change_type: str, obj: Object, body: str) -> None:
+    def _log(self, rv: int, change_type: str, obj: Object, body: bytes) -> None:
         self._db.execute(
             "INSERT INTO changes VALUES (?, ?, ?, ?, ?)",
             (rv, change_type, obj["kind"], obj["metadata"]["namespace"], body),
@@ -317,7 +318,7 @@ class Store:
         """Consistency problems, if any (used after crashes and by tests)."""
         problems = [r[0] for r in self._db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         for kind, ns, name, rv, body in self._db.execute("SELECT * FROM resources"):
-            obj = json.loads(body)
+            obj = orjson.loads(body)
             if obj["metadata"]["resourceVersion"] != str(rv) or rv > self._revision:
                 problems.append(f"{kind} {ns}/{name}: resourceVersion {rv} out of step")
         return problems
