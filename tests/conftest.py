@@ -61,8 +61,9 @@ class Running:
         return httpx.Client(base_url=self.api, timeout=10)
 
     def cli(self, *args: str, input: str | None = None) -> CliResult:
-        """Run a CLI command in-process through the real typer app."""
-        return run_cli(*args, "--home", str(self.home), input=input)
+        """Run a CLI command in-process through the real typer app, on this home
+        (through CLOUDLAND_HOME, so arguments after `--` stay the command's own)."""
+        return run_cli(*args, input=input, env={"CLOUDLAND_HOME": str(self.home)})
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -74,12 +75,14 @@ class Running:
                 self.proc.wait(5)
 
 
-def run_cli(*args: str, input: str | None = None) -> CliResult:
+def run_cli(*args: str, input: str | None = None,
+            env: dict[str, str] | None = None) -> CliResult:
     from typer.testing import CliRunner
 
     from cloudland.cli.main import app as cli_app
 
-    result = CliRunner().invoke(cli_app, list(args), input=input, catch_exceptions=False)
+    result = CliRunner().invoke(cli_app, list(args), input=input, env=env,
+                                catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,14 @@ from cloudland.api.service import ResourceService
 from cloudland.controllers import Key, ManualClock
 from cloudland.controllers.context import get_condition
 from cloudland.controllers.registry import NO_RECONCILER, default_reconcilers
+from cloudland.controllers.workload import Runtime
 from cloudland.model.kinds import KINDS
 from tests.controllers.conftest import doc
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
+# No runtime drivers: Services are checked and then reported as unable to run.
+# tests/controllers/test_service.py runs them on the real process driver.
+NO_DRIVERS = Runtime(drivers={}, log_root=Path("/nonexistent"))
 CMD = {"command": ["python3", "-m", "http.server"]}
 
 EVERY_KIND = [
@@ -57,7 +62,7 @@ def versions(api: ResourceService) -> dict[str, str]:
 
 
 def test_every_kind_but_event_has_exactly_one_reconciler() -> None:
-    kinds = [r.kind for r in default_reconcilers()]
+    kinds = [r.kind for r in default_reconcilers(NO_DRIVERS)]
     assert sorted(kinds) == sorted(k for k in KINDS if k not in NO_RECONCILER)
 
 
@@ -69,7 +74,7 @@ def test_every_kind_reports_conditions_and_a_restart_changes_nothing(
     reconciled = [m for m in EVERY_KIND if m["kind"] not in NO_RECONCILER]
 
     async def body() -> None:
-        async with running(default_reconcilers(), resync=60) as manager:
+        async with running(default_reconcilers(NO_DRIVERS), resync=60) as manager:
             await eventually(lambda: manager.idle and all(
                 ready(api, m["kind"], m["metadata"]["name"]) for m in reconciled))
             for m in EVERY_KIND:
@@ -80,6 +85,12 @@ def test_every_kind_reports_conditions_and_a_restart_changes_nothing(
                 status = obj["status"]
                 assert status["observedGeneration"] == 1
                 conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+                if m["kind"] in ("Service", "Job"):
+                    assert conds["Ready"] == ("False", "RuntimeUnavailable")
+                    continue
+                if m["kind"] == "CronJob":
+                    assert conds["Ready"] == ("True", "Scheduled")
+                    continue
                 assert conds["Ready"] == ("Unknown", "Accepted"), m["kind"]
                 said = message(api, m["kind"], m["metadata"]["name"])
                 assert "stored and validated" in said
@@ -90,7 +101,7 @@ def test_every_kind_reports_conditions_and_a_restart_changes_nothing(
             clock.advance(60)  # a resync reconciles everything again ...
             await eventually(lambda: manager.idle)
             assert versions(api) == settled  # ... and writes nothing
-        async with running(default_reconcilers()) as manager:  # a restart
+        async with running(default_reconcilers(NO_DRIVERS)) as manager:  # a restart
             await eventually(lambda: manager.idle)
             assert versions(api) == settled
 
@@ -102,7 +113,7 @@ def test_route_waits_for_its_backends(run: Run, api: ResourceService, running: A
     api.create(EVERY_KIND[2])
 
     async def body() -> None:
-        async with running(default_reconcilers()):
+        async with running(default_reconcilers(NO_DRIVERS)):
             await eventually(lambda: reason(api, "Route", "front") == "BackendNotFound")
             assert ready(api, "Route", "front")["status"] == "False"
             assert message(api, "Route", "front") == (
@@ -132,7 +143,7 @@ def test_a_missing_broker_is_reported_until_it_exists(
     kind, name = manifest["kind"], manifest["metadata"]["name"]
 
     async def body() -> None:
-        async with running(default_reconcilers()):
+        async with running(default_reconcilers(NO_DRIVERS)):
             await eventually(lambda: reason(api, kind, name) == "BrokerNotFound")
             assert "Broker default/events does not exist" in message(api, kind, name)
             api.create(doc("Broker", "events", {}))
@@ -147,7 +158,7 @@ def test_trigger_reports_a_missing_subscriber(run: Run, api: ResourceService, ru
     api.create(EVERY_KIND[5])
 
     async def body() -> None:
-        async with running(default_reconcilers()):
+        async with running(default_reconcilers(NO_DRIVERS)):
             await eventually(lambda: reason(api, "Trigger", "on-photo") == "SubscriberNotFound")
             api.create(EVERY_KIND[1])
             await eventually(lambda: reason(api, "Trigger", "on-photo") == "Accepted")
@@ -163,7 +174,7 @@ def test_env_from_a_missing_secret_or_key_is_config_not_found(
     api.create(doc("Service", "web", {**CMD, "env": env}))
 
     async def body() -> None:
-        async with running(default_reconcilers()):
+        async with running(default_reconcilers(NO_DRIVERS)):
             await eventually(lambda: reason(api, "Service", "web") == "ConfigNotFound")
             assert message(api, "Service", "web") == (
                 "spec.env[0].valueFrom.secretKeyRef: Secret default/db does not exist")
@@ -171,7 +182,7 @@ def test_env_from_a_missing_secret_or_key_is_config_not_found(
             await eventually(lambda: "has no key 'pw'" in message(api, "Service", "web"))
             api.patch({"stringData": {"pw": "s3cret"}}, kind="Secret", namespace="default",
                       name="db")
-            await eventually(lambda: reason(api, "Service", "web") == "Accepted")
+            await eventually(lambda: reason(api, "Service", "web") == "RuntimeUnavailable")
 
     run(body())
 
@@ -191,7 +202,7 @@ def test_cronjob_computes_its_next_run_and_looks_again_then(
         return (api.get("CronJob", "default", name).get("status") or {}).get("nextScheduleTime")
 
     async def body() -> None:
-        async with running(default_reconcilers(), resync=None) as manager:
+        async with running(default_reconcilers(NO_DRIVERS), resync=None) as manager:
             # The manual clock starts at 2026-01-01T00:00:00Z.
             await eventually(lambda: manager.idle and next_run("often") and next_run("paris"))
             assert next_run("often") == "2026-01-01T00:05:00Z"
@@ -217,10 +228,11 @@ def test_route_events_mark_its_transitions(run: Run, api: ResourceService, runni
     api.create(EVERY_KIND[2])
 
     def seen() -> list[tuple[str, str]]:
-        return [(e["type"], e["reason"]) for e in api.list("Event", "default")[0]]
+        return [(e["type"], e["reason"]) for e in api.list("Event", "default")[0]
+                if e["involvedObject"]["kind"] == "Route"]
 
     async def body() -> None:
-        async with running(default_reconcilers()):
+        async with running(default_reconcilers(NO_DRIVERS)):
             await eventually(lambda: seen() == [("Warning", "BackendNotFound")], timeout=1)
             api.create(EVERY_KIND[0])
             api.create(doc("Function", "fn", {"handler": "app:handle"}))

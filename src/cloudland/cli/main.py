@@ -9,7 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from cloudland import __version__
-from cloudland.cli import demo, lifecycle, resources, stacks
+from cloudland.cli import demo, lifecycle, resources, stacks, workloads
+from cloudland.cli import run as run_command
 from cloudland.cli.output import fail
 from cloudland.errors import CloudLandError
 
@@ -53,6 +54,8 @@ lifecycle.register(app)
 demo.register(app)
 stacks.register(app)
 resources.register(app)
+workloads.register(app)
+run_command.register(app)
 
 
 def run() -> None:

@@ -7,7 +7,9 @@ declare and `plan` can show what changed outside them (drift).
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -136,8 +138,20 @@ def prepare(files: list[str], recursive: bool, stack: str | None,
             meta.setdefault("annotations", {})
             if isinstance(meta["annotations"], dict):
                 meta["annotations"].setdefault("cloudland.io/source", m.file)
+            _absolute_working_dir(doc, m.file)
         items.append(doc)
     return manifests, items, stack or stack_name(files)
+
+
+def _absolute_working_dir(doc: dict[str, Any], file: str) -> None:
+    """A relative workingDir means relative to the manifest's folder, so examples
+    run from wherever they are applied."""
+    spec = mapping(doc.get("spec"))
+    for holder in (spec, mapping(spec.get("jobTemplate"))):
+        wd = holder.get("workingDir")
+        if isinstance(wd, str) and wd and not os.path.isabs(wd):
+            base = Path.cwd() if file == "<stdin>" else Path(file).resolve().parent
+            holder["workingDir"] = str((base / wd).resolve())
 
 
 def _call(manifests: list[Manifest], call: Any) -> dict[str, Any]:

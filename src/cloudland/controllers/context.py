@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -48,6 +49,8 @@ def rfc3339(seconds: float) -> str:
 class Context:
     api: ResourceService
     clock: Clock = field(default_factory=LoopClock)
+    # Ask for a reconcile of a key later (e.g. when a process exits); the manager sets it.
+    enqueue: Callable[[Key, float], None] = field(default=lambda key, after=0.0: None)
 
     def find(self, key: Key) -> Object | None:
         return self.api.find(key.kind, key.namespace, key.name)

@@ -49,6 +49,7 @@ class Manager:
         self.api = api
         self.clock: Clock = clock or LoopClock()
         self.ctx = Context(api, self.clock)
+        self.ctx.enqueue = self.enqueue
         self.queue: WorkQueue[Key] = WorkQueue(self.clock, RateLimiter(backoff_base, backoff_cap))
         self.workers = workers
         self.resync = resync

@@ -16,6 +16,7 @@ from cloudland.controllers.policy import PolicyReconciler
 from cloudland.controllers.route import RouteReconciler
 from cloudland.controllers.service import ServiceReconciler
 from cloudland.controllers.trigger import TriggerReconciler
+from cloudland.controllers.workload import Runtime
 
 # Like Kubernetes, Secrets and ConfigMaps have no status and no controller of their
 # own: storing them is all there is to do.  The kinds that read them list them in
@@ -23,15 +24,15 @@ from cloudland.controllers.trigger import TriggerReconciler
 NO_RECONCILER = ("Event", "Secret", "ConfigMap")
 
 
-def default_reconcilers() -> list[Reconciler]:
+def default_reconcilers(runtime: Runtime) -> list[Reconciler]:
     return [
-        ServiceReconciler(),
+        ServiceReconciler(runtime),
         FunctionReconciler(),
         RouteReconciler(),
         BucketReconciler(),
         BrokerReconciler(),
         TriggerReconciler(),
         PolicyReconciler(),
-        JobReconciler(),
+        JobReconciler(runtime),
         CronJobReconciler(),
     ]

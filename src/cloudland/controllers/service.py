@@ -1,17 +1,222 @@
-"""Service reconciler: for now, checks the Secrets and ConfigMaps its env reads.
+"""Service controller: keep `replicas` instances of the current template running.
 
-Starting replicas belongs to the runtime drivers, which a later capability adds.
+Level-based: each reconcile compares the live instances (in memory, re-adopted
+from status after a restart) with the spec, takes one step of the rolling
+update (`rollout.plan`), restarts crashed instances once their back-off has
+passed, and writes status: counts, per-instance state, ready endpoints and
+revision history.  Instance events (exit, readiness change) just queue the
+Service's key again.
 """
 
 from __future__ import annotations
 
-from cloudland.controllers.accepting import AcceptingReconciler, Object, Ref, env_refs
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cloudland.controllers import rollout
+from cloudland.controllers.accepting import Object
+from cloudland.controllers.base import Key, Result
+from cloudland.controllers.context import Context
+from cloudland.controllers.instances import Instance, Supervision
+from cloudland.controllers.workload import Runtime, resolve_env
+from cloudland.runtime import Handle
+
+log = logging.getLogger("cloudland.services")
+FINALIZER = "cloudland.io/instances"
+START_CONCURRENCY = 64
 
 
-class ServiceReconciler(AcceptingReconciler):
+@dataclass
+class ServiceState:
+    instances: dict[str, Instance] = field(default_factory=dict)
+    adopted: bool = False
+    supervision: Supervision | None = None
+    next_index: int = 0
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ServiceReconciler:
     kind = "Service"
     watches = ("Secret", "ConfigMap")
-    awaiting = "the runtime drivers that start its replicas are not part of this version yet"
 
-    def references(self, obj: Object) -> list[Ref]:
-        return env_refs(obj["metadata"]["namespace"], obj["spec"].get("env", []), "spec.env")
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.services: dict[Key, ServiceState] = {}
+
+    # ---- the reconcile ---------------------------------------------------------------
+
+    async def reconcile(self, key: Key, ctx: Context) -> Result | None:
+        obj = ctx.find(key)
+        state = self.services.setdefault(key, ServiceState())
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            await self._stop_all(state)
+            self.services.pop(key, None)
+            if obj is not None:
+                ctx.remove_finalizer(obj, FINALIZER)
+            return None
+        obj = ctx.add_finalizer(obj, FINALIZER)
+        spec, generation = obj["spec"], obj["metadata"]["generation"]
+        env, problems = resolve_env(ctx, key.namespace, spec.get("env", []), "spec.env")
+        thash = rollout.template_hash(spec, env)
+        history, revision = rollout.record_revision(
+            list((obj.get("status") or {}).get("history", [])), thash,
+            rollout.template_of(spec), _now())
+        if not problems:  # running instances keep running until their config is back
+            sup = self._supervision(key, ctx, state, spec)
+            if not state.adopted:
+                await self._adopt(key, state, sup, obj, env)
+            self._reap(state)
+            await self._converge(key, state, sup, spec, env, thash, revision)
+        status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
+        ctx.write_status(obj, status)
+        waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
+                 if i.phase in ("CrashLoopBackOff", "Exited")]
+        return Result(requeue_after=max(min(waits), 0.01)) if waits else None
+
+    def _supervision(self, key: Key, ctx: Context, state: ServiceState,
+                     spec: Object) -> Supervision:
+        driver = self.runtime.driver(spec.get("runtime", "process"))
+        if state.supervision is None or state.supervision.driver is not driver:
+            state.supervision = Supervision(
+                driver, notify=lambda: ctx.enqueue(key, 0.02), monotonic=ctx.clock.monotonic,
+                wall=ctx.clock.time)
+        return state.supervision
+
+    async def _converge(self, key: Key, state: ServiceState, sup: Supervision, spec: Object,
+                        env: dict[str, str], thash: str, revision: int) -> None:
+        live = [i for i in state.instances.values() if not i.terminating]
+        members = [rollout.Member(i.id, i.template_hash == thash, i.ready, i.index) for i in live]
+        desired = int(spec.get("replicas", 1))
+        surge, unavailable = rollout.surge_and_unavailable(spec.get("strategy") or {}, desired)
+        step = rollout.plan(members, desired, surge, unavailable,
+                            recreate=(spec.get("strategy") or {}).get("type") == "Recreate")
+        grace = float(spec.get("terminationGracePeriodSeconds", 30))
+        for inst_id in step.stop:
+            inst = state.instances[inst_id]
+            inst.terminating = True
+            task = asyncio.create_task(self._retire(state, sup, inst, grace),
+                                       name=f"stop {inst_id}")
+            state.retiring.add(task)
+            task.add_done_callback(state.retiring.discard)
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(inst: Instance) -> None:
+            async with gate:
+                await sup.start(inst, spec, env)
+
+        starts = [self._new_instance(key, state, thash, revision) for _ in range(step.start)]
+        now = sup.monotonic()
+        restarts = [i for i in live if i.template_hash == thash and not i.alive
+                    and i.phase != "Pending" and i.not_before <= now]
+        for inst in restarts:
+            inst.restarts += 1
+        await asyncio.gather(*(start(i) for i in [*starts, *restarts]))
+
+    def _new_instance(self, key: Key, state: ServiceState, thash: str,
+                      revision: int) -> Instance:
+        used = {i.index for i in state.instances.values() if not i.terminating}
+        index = next(n for n in range(len(used) + 1) if n not in used)
+        state.next_index += 1
+        inst_id = f"{key.name}-{thash[:5]}-{state.next_index:x}"
+        inst = Instance(inst_id, index, thash, revision,
+                        self.runtime.log_root / f"{key.namespace}.{inst_id}")
+        state.instances[inst_id] = inst
+        return inst
+
+    async def _retire(self, state: ServiceState, sup: Supervision, inst: Instance,
+                      grace: float) -> None:
+        await sup.stop(inst, grace)
+        state.instances.pop(inst.id, None)
+        sup.notify()
+
+    @staticmethod
+    def _reap(state: ServiceState) -> None:
+        """Forget instances that were stopped and are gone."""
+        for inst in list(state.instances.values()):
+            if inst.terminating and inst.phase == "Exited" and not inst.tasks:
+                state.instances.pop(inst.id, None)
+
+    # ---- adoption, deletion, shutdown ------------------------------------------------
+
+    async def _adopt(self, key: Key, state: ServiceState, sup: Supervision, obj: Object,
+                     env: dict[str, str]) -> None:
+        """After a CloudLand restart: re-attach to instances that still run."""
+        state.adopted = True
+        for record in (obj.get("status") or {}).get("instances", []):
+            if not record.get("handle"):
+                continue
+            inst = Instance(record["id"], int(record.get("index", 0)),
+                            record.get("templateHash", ""), int(record.get("revision", 0)),
+                            self.runtime.log_root / f"{key.namespace}.{record['id']}",
+                            port=record.get("port"), handle=Handle.from_dict(record["handle"]),
+                            restarts=int(record.get("restarts", 0)),
+                            started_at=record.get("startedAt"))
+            state.next_index += 1
+            if await sup.adopt(inst, obj["spec"], env):
+                state.instances[inst.id] = inst
+                log.info("re-adopted %s (pid %s)", inst.id, inst.handle and inst.handle.pid)
+        if state.instances:
+            state.next_index = max(state.next_index, len(state.instances)) + 1
+
+    async def _stop_all(self, state: ServiceState) -> None:
+        sup = state.supervision
+        if sup is not None:
+            await asyncio.gather(*(sup.stop(i, 10.0) for i in state.instances.values()
+                                   if not i.terminating))
+        await asyncio.gather(*state.retiring, return_exceptions=True)
+        state.instances.clear()
+
+    async def shutdown(self) -> None:
+        """`cloudland down`: stop every instance this controller runs."""
+        await asyncio.gather(*(self._stop_all(s) for s in self.services.values()))
+
+    # ---- env and status --------------------------------------------------------------
+
+    def _status(self, ctx: Context, obj: Object, state: ServiceState, thash: str,
+                history: list[Object], revision: int, generation: int,
+                problems: list[str]) -> Object:
+        spec = obj["spec"]
+        desired = int(spec.get("replicas", 1))
+        live = sorted((i for i in state.instances.values()),
+                      key=lambda i: (i.terminating, i.index, i.id))
+        current = [i for i in live if i.template_hash == thash and not i.terminating]
+        ready = [i for i in live if i.ready and not i.terminating]
+        crashing = [i for i in live if i.phase == "CrashLoopBackOff"]
+        status = ctx.status_of(obj)
+        status.update({
+            "observedGeneration": generation, "replicas": len(live),
+            "readyReplicas": len(ready), "updatedReplicas": len(current),
+            "availableReplicas": len(ready), "revision": revision, "templateHash": thash,
+            "instances": [i.to_status() for i in live],
+            "endpoints": [f"127.0.0.1:{i.port}" for i in ready if i.port],
+            "history": history,
+        })
+        done = len(current) == desired == len(live) and all(i.ready for i in current)
+        if problems:
+            ready_cond = ("False", "ConfigNotFound", "; ".join(problems))
+        elif done:
+            ready_cond = ("True", "AllReplicasReady", f"{desired}/{desired} ready")
+        else:
+            ready_cond = ("False", "ReplicasNotReady",
+                          f"{sum(i.ready for i in current)}/{desired} ready")
+        ctx.set_condition(status, "Ready", *ready_cond, generation=generation)  # type: ignore[arg-type]
+        if done:
+            ctx.set_condition(status, "Progressing", "False", "RolloutComplete",
+                              f"revision {revision} is available", generation)
+        else:
+            ctx.set_condition(status, "Progressing", "True", "RollingUpdate",
+                              f"{len(current)} of {desired} updated to revision {revision}",
+                              generation)
+        if crashing:
+            worst = crashing[0]
+            ctx.set_condition(status, "Degraded", "True", "CrashLoopBackOff",
+                              f"{worst.id}: {worst.message}", generation)
+        else:
+            ctx.set_condition(status, "Degraded", "False", "AsExpected", "", generation)
+        return status

@@ -92,11 +92,14 @@ class Supervisor:
     async def _serve(self) -> None:
         from cloudland.controllers.manager import Manager
         from cloudland.controllers.registry import default_reconcilers
+        from cloudland.daemon.runtime import build_runtimes
 
         store = Store(self.home.store_path)
         service = ResourceService(store)
-        manager = Manager(service, default_reconcilers())
-        app = create_app(service, health=lambda: self.health(manager))
+        runtimes = build_runtimes(self.home)
+        reconcilers = default_reconcilers(runtimes.runtime)
+        manager = Manager(service, reconcilers)
+        app = create_app(service, health=lambda: self.health(manager, runtimes))
         sock = bind(self.api_host, self.api_port)
         host, port = sock.getsockname()[:2]
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
@@ -131,18 +134,25 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(serving, 5)
             await manager.stop()
+            # `down` stops every workload; a kill -9 leaves them for the next `up` to adopt.
+            for rec in reconcilers:
+                shutdown = getattr(rec, "shutdown", None)
+                if shutdown is not None:
+                    await shutdown()
+            await runtimes.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             sock.close()
             store.close()
             log.info("stopped")
 
-    def health(self, manager: Any) -> dict[str, Any]:
+    def health(self, manager: Any, runtimes: Any) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "api": {"healthy": True},
             "store": {"healthy": True, "path": str(self.home.store_path)},
         }
         parts["controllers"] = {"healthy": True, **manager.health()}
+        parts["runtime"] = runtimes.health()
         return parts
 
 

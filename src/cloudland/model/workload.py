@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cloudland.model.meta import Duration, Strict
 
@@ -82,10 +83,28 @@ class Probe(Strict):
         return self
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
+
+
 class ResourceList(Strict):
     cpu: str | float | None = None
     memory: str | int | None = None
     pids: int | None = Field(None, ge=1)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int | None) -> str | int | None:
+        if value is not None and not _MEMORY.match(str(value)):
+            raise ValueError(f"'{value}' is not a memory quantity; write it like 64Mi or 1Gi")
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | float | None) -> str | float | None:
+        if value is not None and not _CPU.match(str(value)):
+            raise ValueError(f"'{value}' is not a CPU quantity; write it like 500m or 2")
+        return value
 
 
 class Resources(Strict):

@@ -1,0 +1,182 @@
+"""Serving a `python.app` (WSGI or ASGI) in zygote-forked instances, on uvicorn.
+
+Used only inside a zygote (runtime/zygote_main.py): `App(...)` imports the app,
+builds and loads the uvicorn config and rehearses the server once, all in the
+zygote; `App.run(listener)` is all an instance does after fork.  WSGI apps go
+through uvicorn's WSGI interface (a2wsgi when installed), so both kinds share one
+HTTP implementation (httptools, keep-alive, pipelining) and one set of imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from cloudland.runtime.zygote_main import MAX_TEXT, Refused, last_line
+
+try:
+    import uvloop
+
+    LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+    LOOP_FACTORY = None
+
+INTERFACES = ("auto", "asgi3", "asgi2", "wsgi")
+
+
+def import_app(ref: str) -> Any:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise Refused("InvalidSpec", f"python.app: {ref!r} is not 'module:attribute', "
+                      "e.g. 'main:app'")
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:  # the app's own import-time code may raise anything
+        raise Refused("ImportError", f"python.app {ref!r}: {last_line(exc)}",
+                      traceback.format_exc()[-MAX_TEXT:]) from None
+    app: Any = module
+    for part in attr.split("."):
+        if not hasattr(app, part):
+            raise Refused("ImportError", f"python.app {ref!r}: module {module_name!r} "
+                          f"({getattr(module, '__file__', '?')}) has no attribute {attr!r}")
+        app = getattr(app, part)
+    if not callable(app):
+        raise Refused("InvalidSpec", f"python.app {ref!r} is a {type(app).__name__}, not a "
+                      "callable WSGI or ASGI application")
+    return app
+
+
+def detect_interface(app: Any) -> str:
+    """"wsgi" if the app takes (environ, start_response) and is not a coroutine
+    function; otherwise "auto", and uvicorn tells ASGI 3 from ASGI 2."""
+    if inspect.isclass(app):
+        return "auto"
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else app.__call__
+    if inspect.iscoroutinefunction(call):
+        return "auto"
+    try:
+        params = inspect.signature(call).parameters.values()
+    except (TypeError, ValueError):
+        return "auto"
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty]
+    return "wsgi" if len(required) == 2 else "auto"
+
+
+class App:
+    """`python: {app: "module:attr", interface?, host?, lifespan?}`."""
+
+    def __init__(self, spec: dict[str, str]) -> None:
+        app = import_app(spec["app"])
+        self.interface = spec.get("interface") or detect_interface(app)
+        if self.interface not in INTERFACES:
+            raise Refused("InvalidSpec", f"python.interface: {self.interface!r} is not one of "
+                          f"{', '.join(INTERFACES)}")
+        self.host = spec.get("host", "127.0.0.1")
+        self.config = uvicorn.Config(app, host=self.host, port=0,
+                                     interface=self.interface,  # type: ignore[arg-type]
+                                     lifespan=spec.get("lifespan", "auto"))  # type: ignore[arg-type]
+        self.config.load()
+        rehearse(self.host)
+
+    def run(self, listener: socket.socket | None) -> None:
+        """Serve on an already listening socket until SIGTERM/SIGINT (in the instance)."""
+        assert listener is not None
+        self.config.port = listener.getsockname()[1]
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (forked from a zygote)", self.host, self.config.port)
+        server = uvicorn.Server(self.config)
+        with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
+            runner.run(server.serve(sockets=[listener]))
+
+
+# -- rehearsal -------------------------------------------------------------------------------
+# CPython 3.11 writes into a code object the first times it runs (warm-up counters,
+# then inline caches while it specializes), and every such write copies a page into
+# the instance.  Running the server machinery in the zygote first, on a dummy app,
+# leaves those pages written once, shared by every instance: ~0.5 MiB less each.
+
+async def _dummy(scope: dict[str, Any], receive: Callable[..., Any],
+                 send: Callable[..., Any]) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _poke(port: int, host: str, requests: int) -> None:
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # A blocking connect completes in the kernel's backlog; the loop's sock_connect
+        # would resolve the address on libuv's thread pool, and a zygote has no threads.
+        sock.connect((host, port))
+        sock.setblocking(False)
+        for _ in range(requests):
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nhost: zygote\r\n\r\n")
+            data = b""
+            while not data.endswith(b"\r\n\r\nok"):
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    return
+                data += chunk
+
+
+async def _stage(host: str, servers: int) -> None:
+    config = uvicorn.Config(_dummy, host=host, port=0, log_config=None, lifespan="on")
+    config.load()
+    running = []
+    for _ in range(servers):
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        listener.bind((host, 0))
+        listener.listen(8)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        running.append((server, task, listener.getsockname()[1]))
+    for server, _, port in running:
+        while not server.started:
+            await asyncio.sleep(0.001)
+        for _ in range(2):
+            await _poke(port, host, 2)
+        server.should_exit = True
+    await asyncio.gather(*(task for _, task, _ in running))
+
+
+def rehearse(host: str, rounds: int = 10) -> None:
+    """Start, use and stop the server machinery `rounds` times, quietly, in the zygote.
+    Best effort: a failure here only costs memory later."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    streams = [h for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+               for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)]
+    with open(os.devnull, "w") as devnull:
+        previous = [h.setStream(devnull) for h in streams]
+        try:
+            for i in range(rounds):  # each round its own loop: Runner and loop code warm too
+                with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
+                    runner.run(asyncio.wait_for(_stage(host, rounds), 5) if i == 0
+                               else asyncio.sleep(0))
+        except Exception:
+            pass
+        finally:
+            for handler, stream in zip(streams, previous, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
+            for sig, previous_handler in handlers.items():
+                with contextlib.suppress(TypeError, ValueError):
+                    signal.signal(sig, previous_handler)

@@ -1,0 +1,170 @@
+"""Services end to end: a real CloudLand runs real processes, heals and rolls them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloudland.client import Client
+from tests.conftest import Running, start_cloudland, wait_for
+
+HELLO = '''
+import os
+
+def app(environ, start_response):
+    body = ("hello " + os.environ.get("VERSION", "v1")).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+'''
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def service(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "cloudland/v1", "kind": "Service", "metadata": {"name": name},
+            "spec": spec}
+
+
+def hello_spec(tmp_path: Path, replicas: int, version: str = "v1") -> dict[str, Any]:
+    (tmp_path / "hello_app.py").write_text(HELLO)
+    return {"replicas": replicas, "workingDir": str(tmp_path),
+            "python": {"app": "hello_app:app"},
+            "env": [{"name": "VERSION", "value": version}],
+            "readinessProbe": {"httpGet": {"path": "/"}, "periodSeconds": 1},
+            "terminationGracePeriodSeconds": 5}
+
+
+def status(client: Client, name: str) -> dict[str, Any]:
+    return client.get("Service", "default", name).get("status") or {}
+
+
+def ready_count(client: Client, name: str, replicas: int) -> bool:
+    st = status(client, name)
+    return st.get("readyReplicas") == replicas == st.get("replicas")
+
+
+def pids(client: Client, name: str) -> list[int]:
+    return [i["pid"] for i in status(client, name).get("instances", []) if "pid" in i]
+
+
+def test_replicas_answer_and_a_killed_one_is_replaced(cloudland: Running, tmp_path: Path) -> None:
+    with Client(cloudland.api) as client:
+        client.apply([service("hello", hello_spec(tmp_path, 3))])
+        wait_for(lambda: ready_count(client, "hello", 3), timeout=30, message="3 ready")
+        endpoints = status(client, "hello")["endpoints"]
+        assert len(endpoints) == 3
+        for ep in endpoints:
+            assert httpx.get(f"http://{ep}/").text == "hello v1"
+        victim = pids(client, "hello")[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in pids(client, "hello")
+                 and ready_count(client, "hello", 3), timeout=30, message="replacement")
+        restarted = [i for i in status(client, "hello")["instances"] if i["restarts"] == 1]
+        assert len(restarted) == 1
+        assert restarted[0]["lastExit"]["reason"] in ("SignalKill", "Error")
+
+
+def test_crash_loop_is_visible_with_the_reason(cloudland: Running) -> None:
+    with Client(cloudland.api) as client:
+        client.apply([
+            service("boom", {"command": ["sh", "-c", "echo 'cannot start: boom' >&2; exit 3"]}),
+            service("missing", {"command": ["no-such-command-here"]}),
+        ])
+
+        def looping(name: str) -> dict[str, Any] | None:
+            insts = status(client, name).get("instances", [])
+            return insts[0] if insts and insts[0]["phase"] == "CrashLoopBackOff" else None
+
+        boom = wait_for(lambda: looping("boom"), timeout=20, message="boom crash-looping")
+        assert boom["lastExit"]["exitCode"] == 3
+        assert "cannot start: boom" in boom["lastExit"]["message"]
+        missing = wait_for(lambda: looping("missing"), timeout=20, message="missing looping")
+        assert missing["lastExit"]["reason"] == "CommandNotFound"
+        degraded = {c["type"]: c for c in status(client, "boom")["conditions"]}["Degraded"]
+        assert degraded["status"] == "True" and degraded["reason"] == "CrashLoopBackOff"
+        events = client.list("Event", "default")["items"]
+        assert any(e["involvedObject"]["name"] == "boom" and e["type"] == "Warning"
+                   for e in events)
+
+
+def test_rolling_update_keeps_every_replica_ready(cloudland: Running, tmp_path: Path) -> None:
+    with Client(cloudland.api) as client:
+        client.apply([service("roll", hello_spec(tmp_path, 3, "v1"))])
+        wait_for(lambda: ready_count(client, "roll", 3), timeout=30, message="v1 ready")
+        old = set(pids(client, "roll"))
+        rv = client.get("Service", "default", "roll")["metadata"]["resourceVersion"]
+        client.apply([service("roll", hello_spec(tmp_path, 3, "v2"))])
+        lowest = 3
+        for event in client.watch("Service", "default", resource_version=rv):
+            st = event["object"].get("status") or {}
+            if st.get("observedGeneration") == 2:
+                lowest = min(lowest, st.get("readyReplicas", 0))
+            ready = {c["type"]: c["status"] for c in st.get("conditions", [])}.get("Ready")
+            if st.get("updatedReplicas") == 3 and st.get("replicas") == 3 and ready == "True" \
+                    and st.get("observedGeneration") == 2:
+                break
+        assert lowest >= 3, "a rolling update with maxUnavailable 0 dropped below 3 ready"
+        assert not old & set(pids(client, "roll"))
+        assert all(not alive(p) for p in old)
+        st = status(client, "roll")
+        assert [h["revision"] for h in st["history"]] == [1, 2]
+        for ep in st["endpoints"]:
+            assert httpx.get(f"http://{ep}/").text == "hello v2"
+
+
+def test_scale_to_zero_and_down_leave_no_process(tmp_path: Path) -> None:
+    running = start_cloudland(tmp_path / "home")
+    try:
+        with Client(running.api) as client:
+            client.apply([service("s", hello_spec(tmp_path, 2)),
+                          service("t", {"command": ["sleep", "300"], "replicas": 2})])
+            wait_for(lambda: ready_count(client, "s", 2) and ready_count(client, "t", 2),
+                     timeout=30, message="both ready")
+            first = pids(client, "s")
+            client.patch("Service", "default", "s", {"spec": {"replicas": 0}})
+            wait_for(lambda: status(client, "s").get("replicas") == 0, timeout=30,
+                     message="scaled to zero")
+            wait_for(lambda: not any(alive(p) for p in first), message="instances gone")
+            remaining = pids(client, "t")
+        assert running.cli("down").exit_code == 0
+        running.proc.wait(30)
+        wait_for(lambda: not any(alive(p) for p in remaining), message="down stops all")
+    finally:
+        running.stop()
+
+
+@pytest.mark.timeout(120)
+def test_instances_survive_a_crash_and_are_adopted(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    running = start_cloudland(home)
+    try:
+        with Client(running.api) as client:
+            client.apply([service("keep", hello_spec(tmp_path, 2))])
+            wait_for(lambda: ready_count(client, "keep", 2), timeout=30, message="ready")
+            before = sorted(pids(client, "keep"))
+        os.killpg(running.proc.pid, signal.SIGKILL)
+        running.proc.wait(10)
+        assert all(alive(p) for p in before), "instances died with CloudLand"
+        running = start_cloudland(home)
+        with Client(running.api) as client:
+            wait_for(lambda: ready_count(client, "keep", 2), timeout=30, message="adopted")
+            assert sorted(pids(client, "keep")) == before  # re-adopted, not restarted
+            for ep in status(client, "keep")["endpoints"]:
+                assert httpx.get(f"http://{ep}/").text == "hello v1"
+    finally:
+        running.stop()
+    wait_for(lambda: not any(alive(p) for p in before), message="down stops adopted ones")
