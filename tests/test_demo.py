@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from cloudland.client import Client
 from cloudland.home import Home
 from tests.conftest import run_cli, wait_for
@@ -17,7 +19,8 @@ def test_demo_starts_cloudland_and_applies_the_park(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     try:
         assert result.returncode == 0, result.stderr
-        assert "Applied the park" in result.stdout
+        assert "park: 10 objects applied" in result.stdout
+        assert "hello: " in result.stdout
         state = Home.resolve(home).running_state()
         assert state is not None
         with Client(state["api"]) as client:
@@ -28,6 +31,12 @@ def test_demo_starts_cloudland_and_applies_the_park(tmp_path: Path) -> None:
                 status = client.get("Route", "default", "gate").get("status") or {}
                 return status.get("observedGeneration") == 1
             wait_for(reconciled, message="the route to be reconciled")
+            # The wait-time board and hello world run and answer.
+            for name in ("wait-times", "hello"):
+                status = client.get("Service", "default", name)["status"]
+                assert status["readyReplicas"] == status["replicas"] > 0, name
+                answer = httpx.get(f"http://{status['endpoints'][0]}/")
+                assert answer.status_code == 200, name
         # The demo's own files match what runs: no changes planned.
         park = Path(__file__).resolve().parent.parent / "examples" / "park"
         plan = run_cli("plan", "-f", str(park), "--home", str(home), "--detailed-exitcode")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,15 @@ def test_instances_survive_a_crash_and_are_adopted(tmp_path: Path) -> None:
     finally:
         running.stop()
     wait_for(lambda: not any(alive(p) for p in before), message="down stops adopted ones")
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed "
+                    "(apt-get install nginx; .ci/run installs it)")
+def test_the_nginx_example_serves(cloudland: Running) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "hello" / "nginx.yaml"
+    result = cloudland.cli("apply", "-f", str(example))
+    assert result.exit_code == 0, result.output
+    with Client(cloudland.api) as client:
+        wait_for(lambda: ready_count(client, "nginx", 2), timeout=30, message="nginx ready")
+        for ep in status(client, "nginx")["endpoints"]:
+            assert httpx.get(f"http://{ep}/").text == "hello from nginx\n"

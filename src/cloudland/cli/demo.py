@@ -1,7 +1,9 @@
-"""`cloudland demo`: start CloudLand if needed, apply the park, show what runs."""
+"""`cloudland demo`: start CloudLand if needed, apply the examples, show what runs."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,7 @@ import typer
 from cloudland.cli.columns import kind_view
 from cloudland.cli.lifecycle import start_detached
 from cloudland.cli.options import HomeOption
-from cloudland.cli.output import console, table
+from cloudland.cli.output import console, err_console, table
 from cloudland.cli.stacks import prepare
 from cloudland.client import Client
 from cloudland.errors import BadRequest
@@ -18,14 +20,14 @@ from cloudland.home import Home
 from cloudland.model.kinds import KINDS
 
 
-def find_park() -> Path:
-    """examples/park next to the source tree, or in the current directory."""
+def find_examples() -> Path:
+    """examples/ next to the source tree, or in the current directory."""
     here = Path(__file__).resolve()
     for root in (*here.parents, Path.cwd()):
-        candidate = root / "examples" / "park"
-        if candidate.is_dir():
+        candidate = root / "examples"
+        if (candidate / "park").is_dir():
             return candidate
-    raise BadRequest("examples/park not found", hint="run from a CloudLand checkout, or pass -f")
+    raise BadRequest("examples/ not found", hint="run from a CloudLand checkout")
 
 
 def register(app: typer.Typer) -> None:
@@ -34,29 +36,57 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     home: HomeOption = None,
-    filename: Annotated[Path | None, typer.Option(
-        "--filename", "-f", help="Manifests to apply instead of examples/park.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the services.")] = 30.0,
 ) -> None:
-    """Start CloudLand (if it is not running) and apply the demo park."""
+    """Start CloudLand (if it is not running) and apply the demo park and hello services."""
     where = Home.resolve(home)
     if not where.running_state():
         start_detached(where, "127.0.0.1", 0)
-    park = filename or find_park()
-    _, items, stack = prepare([str(park)], True, None, None)
+    examples = find_examples()
+    stacks = {"park": [str(examples / "park")], "hello": [str(examples / "hello" / "hello.yaml")]}
+    if shutil.which("nginx"):
+        stacks["hello"].append(str(examples / "hello" / "nginx.yaml"))
+    else:
+        err_console.print("[dim]note: nginx is not installed, so the nginx service is skipped "
+                          "(apt-get install nginx)[/]")
     with Client.from_home(where) as client:
-        with console.status(f"Applying {len(items)} objects from {park}…"):
-            result = client.apply(items, stack=stack)
-        created = sum(i["action"] == "created" for i in result["items"])
-        console.print(f"[green]✓[/] Applied the park: {len(result['items'])} objects "
-                      f"({created} new) from {park}\n")
+        for stack, files in stacks.items():
+            _, items, _ = prepare(files, True, stack, None)
+            with console.status(f"Applying {stack}…"):
+                result = client.apply(items, stack=stack)
+            console.print(f"[green]✓[/] {stack}: {len(result['items'])} objects applied")
+        services = _wait_for_services(client, wait)
+        console.print()
         for info in KINDS.values():
-            found = client.list(info.kind, "default", f"cloudland.io/stack={stack}")["items"]
+            found = [o for o in client.list(info.kind, "default")["items"]
+                     if o["metadata"].get("labels", {}).get("cloudland.io/stack") in stacks]
             if found:
                 view = kind_view(info)
                 table(view.headers, view.rows(found), title=f"[bold]{info.plural}[/]")
                 console.print()
+    for svc in services:
+        endpoints = (svc.get("status") or {}).get("endpoints") or []
+        if endpoints:
+            console.print(f"  {svc['metadata']['name']:<12} http://{endpoints[0]}/"
+                          f"  ({len(endpoints)} ready)")
     flag = "" if where.root == Home.resolve().root else f" --home {where.root}"
-    console.print("Look around:")
-    for command in ("status", "get services -o wide", "describe route gate", "events",
-                    "plan -f examples/park", "down"):
+    console.print("\nLook around:")
+    for command in ("status", "get services -o wide", "logs wait-times", "describe route gate",
+                    "events", "plan -f examples/park", "down"):
         console.print(f"  [cyan]cloudland {command}{flag}[/]")
+
+
+def _wait_for_services(client: Client, seconds: float) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + seconds
+    with console.status("Waiting for the services to be ready…"):
+        while True:
+            services = client.list("Service", "default")["items"]
+            pending = [s for s in services if (s.get("status") or {}).get("readyReplicas", 0)
+                       < s["spec"].get("replicas", 1)]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    for svc in pending:
+        err_console.print(f"[yellow]service/{svc['metadata']['name']} is not ready yet; "
+                          f"see: cloudland describe service {svc['metadata']['name']}[/]")
+    return list(services)

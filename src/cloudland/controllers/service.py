@@ -41,6 +41,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def service_env(ctx: Context, namespace: str) -> dict[str, str]:
+    """Kubernetes-style discovery variables for the Services of a namespace, read when
+    an instance starts: WEB_SERVICE_HOST/PORT (one ready endpoint) and WEB_ENDPOINTS
+    (all of them). The mesh (issue 4) will give each Service one stable address."""
+    env: dict[str, str] = {}
+    items, _ = ctx.api.list("Service", namespace)
+    for svc in items:
+        endpoints = (svc.get("status") or {}).get("endpoints") or []
+        if not endpoints:
+            continue
+        prefix = svc["metadata"]["name"].upper().replace("-", "_")
+        host, _, port = endpoints[0].rpartition(":")
+        env[f"{prefix}_SERVICE_HOST"], env[f"{prefix}_SERVICE_PORT"] = host, port
+        env[f"{prefix}_ENDPOINTS"] = ",".join(endpoints)
+    return env
+
+
 class ServiceReconciler:
     kind = "Service"
     watches = ("Secret", "ConfigMap")
@@ -72,7 +89,8 @@ class ServiceReconciler:
             if not state.adopted:
                 await self._adopt(key, state, sup, obj, env)
             self._reap(state)
-            await self._converge(key, state, sup, spec, env, thash, revision)
+            discovery = service_env(ctx, key.namespace)
+            await self._converge(key, state, sup, spec, {**discovery, **env}, thash, revision)
         status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
         ctx.write_status(obj, status)
         waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
