@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,16 @@ def gone(pid: int) -> bool:
     return stat is None or stat.exited
 
 
+def running_with(token: str) -> list[int]:
+    """Live processes whose command line contains `token`."""
+    found = []
+    for pid in procfs.all_pids():
+        with contextlib.suppress(OSError):
+            if token.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() and not gone(pid):
+                found.append(pid)
+    return found
+
+
 def stdout_of(spec: InstanceSpec) -> str:
     return (spec.log_dir / "stdout.log").read_text()
 
@@ -142,6 +153,8 @@ class DriverSuite:
             await driver.destroy(handle)
             if handle.cgroup:
                 assert not Path("/sys/fs/cgroup/unified", handle.cgroup).exists()
+            if handle.extra.get("scratch"):  # the working dir the driver made for it
+                assert not Path(handle.extra["scratch"]).exists()
 
     # -- running things ------------------------------------------------------------------
     def test_serves_http_on_port_with_env_and_working_dir(self, tmp_path: Path) -> None:
@@ -267,6 +280,29 @@ class DriverSuite:
                 await asyncio.wait_for(driver.wait(handle), 10)
                 status = await driver.stop(handle, grace=0.1)
                 assert status is not None and status.exit_code == 0
+
+        self.run(tmp_path, body)
+
+    def test_a_restart_with_the_same_id_starts_clean(self, tmp_path: Path) -> None:
+        token = f"300.{uuid.uuid4().int % 10**8:08d}"  # finds the leftover in /proc
+
+        async def body(driver: Driver) -> None:
+            first = self.spec(tmp_path, ["sh", "-c", f"sleep {token} & echo started"])
+            handle = await driver.start(first)
+            try:
+                assert (await asyncio.wait_for(driver.wait(handle), 10)).exit_code == 0
+                if not self.isolated:  # (a pid namespace dies with its first process)
+                    assert running_with(token), "the leftover should outlive its parent"
+                second = replace(first, log_dir=tmp_path / "logs" / f"{first.id}-again",
+                                 command=["sleep", "300"])
+                async with self.started(driver, second):
+                    assert not running_with(token)
+                    with pytest.raises(StartError) as err:
+                        await driver.start(second)
+                    assert "already running" in err.value.message
+            finally:
+                await driver.stop(handle, grace=0.1)
+                await driver.destroy(handle)
 
         self.run(tmp_path, body)
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
 from cloudland.runtime.cgroups import CgroupHost, current_paths
 from cloudland.runtime.driver import Driver
+from cloudland.runtime.ports import free_port
 from cloudland.runtime.process import ProcessDriver
-from tests.runtime.driver_suite import CGROUP_PARENT, DriverSuite, eventually
+from cloudland.runtime.zygote import ZygotePool
+from tests.runtime.driver_suite import (
+    CGROUP_PARENT,
+    WSGI_APP,
+    DriverSuite,
+    eventually,
+    http_get,
+)
 
 
 class TestProcessDriver(DriverSuite):
@@ -66,6 +75,34 @@ class TestProcessDriver(DriverSuite):
         self.run(tmp_path, body)
 
 
+    def test_python_app_forked_from_a_zygote(self, tmp_path: Path) -> None:
+        (tmp_path / "wsgiapp.py").write_text(WSGI_APP)
+
+        async def body(_: Driver) -> None:
+            zygotes = ZygotePool(tmp_path / "zygotes")
+            driver = ProcessDriver(tmp_path / "run", cgroup_parent=CGROUP_PARENT,
+                                   zygotes=zygotes)
+            try:
+                port = free_port()
+                spec = self.spec(tmp_path, python={"app": "wsgiapp:app"}, port=port,
+                                 env={"PORT": str(port)}, working_dir=str(tmp_path),
+                                 zygote_key="suite")
+                async with self.started(driver, spec) as handle:
+                    assert handle.extra["zygote"] and handle.pgid == handle.pid
+                    assert await http_get(port) == b"hello from wsgi"
+                    if handle.cgroup:
+                        cgroup = Path(f"/proc/{handle.pid}/cgroup").read_text()
+                        assert f"0::/{handle.cgroup}" in cgroup.splitlines()
+                    assert driver.inspect(handle).state == "running"
+                    status = await driver.stop(handle, grace=5)
+                    assert status is not None and status.signal == signal.SIGTERM
+            finally:
+                await driver.close()
+                await zygotes.close()
+
+        self.run(tmp_path, body)
+
+
 class TestProcessDriverWithoutCgroups(DriverSuite):
     """Where no cgroup is writable the driver falls back to process groups."""
 
@@ -92,6 +129,6 @@ async def _eventually_text(path: Path) -> str:
 
 
 def test_python_children_use_this_interpreter(tmp_path: Path) -> None:
-    from cloudland.runtime.process import python_argv
+    from cloudland.runtime.launch import python_argv
 
     assert python_argv({"app": "m:a"}, str(tmp_path))[0] == sys.executable

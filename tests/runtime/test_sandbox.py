@@ -25,7 +25,7 @@ class TestSandboxDriver(DriverSuite):
 
     async def _output(self, driver: Driver, tmp_path: Path, script: str,
                       **kw: object) -> tuple[int | None, str]:
-        spec = self.spec(tmp_path, ["sh", "-c", script], **kw)  # type: ignore[arg-type]
+        spec = self.spec(tmp_path, ["sh", "-c", script], **kw)
         async with self.started(driver, spec) as handle:
             status = await asyncio.wait_for(driver.wait(handle), 10)
             return status.exit_code, (spec.log_dir / "stdout.log").read_text()

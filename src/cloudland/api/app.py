@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ from cloudland.api.http import (
 from cloudland.api.openapi import build_openapi
 from cloudland.api.service import ResourceService
 from cloudland.api.watch import watch_stream
+from cloudland.api.workloads import UsageProvider, workload_routes
 from cloudland.errors import BadRequest, CloudLandError, Invalid, NotFound
 from cloudland.model.kinds import KINDS, KindInfo, kind_by_plural
 from cloudland.model.meta import check_labels
@@ -170,6 +172,8 @@ def create_app(
     auth: TokenAuth | None = None,
     health: Health | None = None,
     body_limit: int = DEFAULT_BODY_LIMIT,
+    usage: UsageProvider | None = None,
+    log_root: Path | None = None,
 ) -> Starlette:
     authenticate = auth or TokenAuth(None)
     h = ResourceHandlers(service, body_limit)
@@ -219,6 +223,7 @@ def create_app(
               Route("/version", version), Route("/openapi.json", openapi)]
     routes += [Route(path, guarded(fn), methods=methods)
                for path, fn, methods in resource_routes]
+    routes += workload_routes(service, usage, guard=guarded, log_root=log_root)
     return Starlette(routes=routes, exception_handlers={
         CloudLandError: _cloudland_error, HTTPException: _http_error, Exception: _unexpected})
 

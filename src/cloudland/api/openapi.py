@@ -111,6 +111,7 @@ def _plain(op_id: str, tag: str, summary: str, *, body: bool = False) -> dict[st
 def build_openapi() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document, built once."""
     from cloudland import __version__
+    from cloudland.api.workloads import workload_paths
 
     paths: dict[str, Any] = {
         "/healthz": {"get": _plain("health", "health", "Health of each part")},
@@ -124,6 +125,7 @@ def build_openapi() -> dict[str, Any]:
     }
     for info in KINDS.values():
         paths.update(kind_paths(info))
+    paths.update(workload_paths())
     schemas = kind_schemas()
     schemas["Error"] = ERROR
     return {

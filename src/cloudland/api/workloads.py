@@ -173,7 +173,7 @@ async def log_stream(service: ResourceService, kind: str, namespace: str, name: 
     await asyncio.sleep(0)  # let each tail note where the files end now
     since = None if query.since is None else time.time() - query.since
     try:
-        for run in runs:
+        for run in runs if query.tail != 0 else []:  # (read_lines takes tail=0 as "all")
             backlog = await asyncio.to_thread(logs.read_lines, run.log_dir, since, query.tail,
                                               query.streams)
             for start in range(0, len(backlog), BATCH):
@@ -220,8 +220,9 @@ async def _drain(lines: asyncio.Queue[tuple[Run, logs.LogLine]],
 
 def proc_usage(service: ResourceService) -> UsageProvider:
     """A provider reading /proc for the pids in a workload's status: CPU time and RSS
-    summed over each instance's process group.  CPU% is over the time since the
-    previous look at the same process (if within a minute), else since it started."""
+    summed over each instance's process group.  CPU% (100 = one core) is over the
+    time since the previous look at the same process (if within a minute), else
+    since it started, as `ps` does."""
     seen: dict[tuple[int, int], tuple[float, float]] = {}  # (pid, start) -> (cpu, when)
 
     def usage(kind: str, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -76,7 +76,7 @@ def demo(
         console.print(f"  [cyan]cloudland {command}{flag}[/]")
 
 
-def _wait_for_services(client: Client, seconds: float) -> list[dict]:  # type: ignore[type-arg]
+def _wait_for_services(client: Client, seconds: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + seconds
     with console.status("Waiting for the services to be ready…"):
         while True:

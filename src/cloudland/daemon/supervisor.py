@@ -26,6 +26,7 @@ import uvicorn
 from cloudland import __version__
 from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
+from cloudland.api.workloads import proc_usage
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.store import Store
@@ -99,7 +100,8 @@ class Supervisor:
         runtimes = build_runtimes(self.home)
         reconcilers = default_reconcilers(runtimes.runtime)
         manager = Manager(service, reconcilers)
-        app = create_app(service, health=lambda: self.health(manager, runtimes))
+        app = create_app(service, health=lambda: self.health(manager, runtimes),
+                         usage=proc_usage(service), log_root=runtimes.runtime.log_root)
         sock = bind(self.api_host, self.api_port)
         host, port = sock.getsockname()[:2]
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"

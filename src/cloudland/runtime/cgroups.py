@@ -228,6 +228,12 @@ class CgroupHost:
     def memory(self) -> bool:
         return "memory" in self.parents or "memory" in self.v2_limits
 
+    def existing(self, instance_id: str) -> InstanceCgroup | None:
+        """The directories an earlier run of `instance_id` left, if any."""
+        dirs = {role: str(parent / instance_id) for role, parent in self.parents.items()
+                if (parent / instance_id).is_dir()}
+        return InstanceCgroup(dirs) if dirs else None
+
     def create(self, instance_id: str, limits: Limits) -> InstanceCgroup:
         """Make the instance's directories and apply its limits (OSError if impossible)."""
         dirs: dict[str, str] = {}

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -88,6 +89,7 @@ class LogRotator:
         self._dirs: set[Path] = set()
         self._sizes: dict[Path, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()  # ticks run in a thread and, on unregister, in the loop
 
     def register(self, log_dir: Path) -> None:
         self._dirs.add(Path(log_dir))
@@ -106,8 +108,12 @@ class LogRotator:
 
     def tick(self, dirs: Iterable[Path] | None = None) -> None:
         """One pass (blocking file work: the task runs it in a thread)."""
+        with self._lock:
+            self._tick(list(self._dirs if dirs is None else dirs))
+
+    def _tick(self, dirs: list[Path]) -> None:
         now = time.time()
-        for log_dir in list(self._dirs if dirs is None else dirs):
+        for log_dir in dirs:
             for stream in STREAMS:
                 path = log_path(log_dir, stream)
                 try:

@@ -6,16 +6,10 @@ it through the `Driver` protocol.  Python instances are forked by a warm
 zygote when a `ZygotePool` is given, else exec'd (`runtime/pyrun.py` serves
 "module:attr" apps).
 
-Joining the cgroups before user code runs: Python's `preexec_fn` would force a
-full fork() of the (large) CloudLand process instead of vfork — measured 1.3 ms
-per spawn from a small parent and 5 ms from a 300 MiB one, all of it on the
-event loop.  Instead the child starts as a tiny `sh` that writes its own pid
-into each `cgroup.procs` and then execs the command: no race (nothing of the
-user's runs before the move), and spawning stays a vfork (~0.5 ms).
-
 Exits are awaited through pidfds on the event loop (`pidfd_open` works for any
 pid, so re-adopted instances are waited on the same way); our own children are
-then reaped with waitpid for their status.  The sandbox driver
+then reaped with waitpid for their status.  How a process is launched (argv,
+cgroup join, logs) is `runtime/launch.py`.  The sandbox driver
 (`runtime/sandbox.py`) is this driver with the argv wrapped in bubblewrap.
 """
 
@@ -29,7 +23,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,18 +38,14 @@ from cloudland.runtime.driver import (
     InstanceState,
     StartError,
 )
-from cloudland.runtime.logs import MAX_BYTES, LogRotator, open_log
+from cloudland.runtime.launch import DEFAULT_PATH, python_argv, resolve_command, spawn
+from cloudland.runtime.logs import MAX_BYTES, LogRotator
 from cloudland.runtime.ports import port_in_use
 
 log = logging.getLogger("cloudland.runtime.process")
 
 HANDLE_VERSION = 1
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNKNOWN_EXIT = "exit status unknown (re-adopted)"
-# Join every cgroup given as "$1".."$n" then exec the rest; runs as the child itself.
-_JOIN_CGROUPS = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || '
-                 '{ echo "cloudland: could not join cgroup $1" >&2; exit 125; }; '
-                 'shift; n=$((n-1)); done; exec "$@"')
 
 
 class ZygotePool(Protocol):
@@ -123,7 +112,9 @@ class ProcessDriver:
             raise StartError("PortInUse", f"port {spec.port} is already in use on this host",
                              hint="stop what listens there or let CloudLand pick the port")
         spec.log_dir.mkdir(parents=True, exist_ok=True)
-        cgroup = self._make_cgroup(spec)
+        await self._clear_previous(spec.id)
+        # mkdir in cgroupfs is usually ~20 us but sometimes waits milliseconds in the kernel.
+        cgroup = await asyncio.to_thread(self._make_cgroup, spec) if self.cgroups.usable else None
         popen = None
         try:
             if zygote:
@@ -131,7 +122,8 @@ class ProcessDriver:
                 pid, ticks = await _resolved(self.zygotes.spawn(
                     spec, cgroup_procs=[Path(p) for p in cgroup.procs_files()] if cgroup else []))
             else:
-                popen = self._spawn(argv, env, cwd, spec.log_dir, cgroup)
+                popen = spawn(argv, env, cwd, spec.log_dir,
+                              cgroup.procs_files() if cgroup else [])
                 pid = popen.pid
                 ticks = procfs.start_ticks(pid) or 0
         except BaseException:
@@ -189,6 +181,23 @@ class ProcessDriver:
             return [resolve_command(spec.command[0], env["PATH"], cwd), *spec.command[1:]]
         return python_argv(spec.python or {}, cwd)
 
+    async def _clear_previous(self, instance_id: str) -> None:
+        """A restart reuses the instance id: kill what the last run left behind and
+        start from a fresh cgroup (its OOM counter must not carry over)."""
+        old = self._tracked.pop(instance_id, None)
+        if old is not None:
+            stat = procfs.same_process(old.handle.pid, old.handle.start_ticks)
+            if stat is not None and not stat.exited:
+                self._tracked[instance_id] = old
+                raise StartError("InvalidSpec", f"instance {instance_id} is already running "
+                                 f"(pid {old.handle.pid})", hint="stop it first")
+            await self._kill_leftovers(old)
+            await self._forget(old)
+        stale = self.cgroups.existing(instance_id)
+        if stale is not None:
+            await self._empty(stale, instance_id)
+            await asyncio.to_thread(stale.remove)
+
     def _make_cgroup(self, spec: InstanceSpec) -> InstanceCgroup | None:
         if not self.cgroups.usable:
             return None
@@ -197,21 +206,6 @@ class ProcessDriver:
         except OSError as exc:
             raise StartError("CgroupError", f"could not set up the cgroup of {spec.id}: {exc}",
                              hint="check the limits in resources.limits") from exc
-
-    def _spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_dir: Path,
-               cgroup: InstanceCgroup | None) -> subprocess.Popen[bytes]:
-        if cgroup is not None:
-            files = cgroup.procs_files()
-            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(files)), *files, *argv]
-        out, err = open_log(log_dir, "stdout"), open_log(log_dir, "stderr")
-        try:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    cwd=cwd, env=env, start_new_session=True)
-        except OSError as exc:
-            raise StartError("StartFailed", f"could not start {argv[0]}: {exc}") from exc
-        finally:
-            os.close(out)
-            os.close(err)
 
     # -- exits ---------------------------------------------------------------------------
     def _track(self, handle: Handle) -> Tracked:
@@ -341,22 +335,33 @@ class ProcessDriver:
         if h.pgid == h.pid and ours:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(h.pgid, signal.SIGKILL)
-        if t.cgroup is None or not t.cgroup.populated():
+        if t.cgroup is not None:
+            await self._empty(t.cgroup, h.id, timeout)
+
+    @staticmethod
+    async def _empty(cgroup: InstanceCgroup, instance_id: str, timeout: float = 5.0) -> None:
+        """Kill everything in `cgroup` and wait until it is gone."""
+        if not cgroup.populated():
             return
-        t.cgroup.kill()
+        cgroup.kill()
         deadline = asyncio.get_running_loop().time() + timeout
-        while t.cgroup.populated():
+        while cgroup.populated():
             if asyncio.get_running_loop().time() > deadline:
-                log.warning("cgroup of %s still populated after kill", h.id)
+                log.warning("cgroup of %s still populated after kill", instance_id)
                 return
             await asyncio.sleep(0.005)
+
+    async def _forget(self, t: Tracked) -> None:
+        """Stop watching an instance: no pidfd, no exit task, no waiter left hanging."""
+        self._close_pidfd(t)
+        await asyncio.gather(*t.tasks, return_exceptions=True)  # reaping: brief
+        if t.exited is not None and not t.exited.done():
+            t.exited.set_result(ExitStatus(None, message="instance destroyed"))
 
     async def destroy(self, handle: Handle) -> None:
         t = self._track(handle)
         await self._kill_leftovers(t)
-        self._close_pidfd(t)
-        if t.exited is not None and not t.exited.done():
-            t.exited.set_result(ExitStatus(None, message="instance destroyed"))
+        await self._forget(t)
         self._tracked.pop(handle.id, None)
         if t.cgroup is not None:
             left = await asyncio.to_thread(t.cgroup.remove)
@@ -406,38 +411,3 @@ class ProcessDriver:
             if t.exited is not None and not t.exited.done():
                 t.exited.cancel()
         self._tracked.clear()
-
-
-def resolve_command(name: str, path: str, cwd: str) -> str:
-    """The executable `name` names: a path (relative to `cwd`) or a lookup in `path`."""
-    if "/" in name:
-        candidate = os.path.join(cwd, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-        raise StartError("CommandNotFound", f"command '{name}' not found or not executable "
-                         f"(looked at {candidate})", hint="check the path in command")
-    found = shutil.which(name, path=path)
-    if found is None:
-        raise StartError("CommandNotFound", f"command '{name}' not found on PATH ({path})",
-                         hint="install it, give its absolute path, or set PATH in env")
-    return os.path.abspath(found)
-
-
-def python_argv(python: dict[str, str], cwd: str) -> list[str]:
-    """argv that runs a `python:` workload without a zygote (exec'd)."""
-    given = {k: v for k, v in python.items() if k in ("app", "module", "script") and v}
-    if len(given) != 1:
-        raise StartError("InvalidSpec", "python: set exactly one of app ('module:attr'), "
-                         f"module or script (got {sorted(given) or 'none'})")
-    kind, value = next(iter(given.items()))
-    if kind == "app":
-        if ":" not in value:
-            raise StartError("InvalidSpec", f"python.app: '{value}' is not 'module:attr'")
-        return [sys.executable, "-m", "cloudland.runtime.pyrun", "--app", value]
-    if kind == "module":
-        return [sys.executable, "-m", value]
-    script = os.path.join(cwd, value)
-    if not os.path.isfile(script):
-        raise StartError("CommandNotFound", f"python script '{value}' not found in {cwd}",
-                         hint="check python.script and workingDir")
-    return [sys.executable, script]
