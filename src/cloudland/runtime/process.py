@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from cloudland.runtime import procfs
 from cloudland.runtime.cgroups import CgroupHost, InstanceCgroup
@@ -42,23 +40,13 @@ from cloudland.runtime.launch import DEFAULT_PATH, python_argv, resolve_command,
 from cloudland.runtime.logs import MAX_BYTES, LogRotator
 from cloudland.runtime.ports import port_in_use
 
+if TYPE_CHECKING:
+    from cloudland.runtime.zygote import ZygotePool
+
 log = logging.getLogger("cloudland.runtime.process")
 
 HANDLE_VERSION = 1
 UNKNOWN_EXIT = "exit status unknown (re-adopted)"
-
-
-class ZygotePool(Protocol):
-    """What the driver needs from the zygotes (runtime/zygote.py): fork an instance
-    whose child writes its pid into `cgroup_procs` before running the app, in its
-    own session, with its output in spec.log_dir.  Returns (pid, start_ticks)."""
-
-    def spawn(self, spec: InstanceSpec, *, cgroup_procs: list[Path]
-              ) -> Awaitable[tuple[int, int]] | tuple[int, int]: ...
-
-
-async def _resolved(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass
@@ -119,8 +107,9 @@ class ProcessDriver:
         try:
             if zygote:
                 assert self.zygotes is not None
-                pid, ticks = await _resolved(self.zygotes.spawn(
-                    spec, cgroup_procs=[Path(p) for p in cgroup.procs_files()] if cgroup else []))
+                # The forked child joins the cgroups itself, before the app runs.
+                pid, ticks = await self.zygotes.spawn(
+                    spec, cgroup_procs=[Path(p) for p in cgroup.procs_files()] if cgroup else [])
             else:
                 popen = spawn(argv, env, cwd, spec.log_dir,
                               cgroup.procs_files() if cgroup else [])
@@ -257,10 +246,9 @@ class ProcessDriver:
     async def _collect(self, t: Tracked) -> ExitStatus:
         """The exit status of a process that has exited, as far as we can know it."""
         pid, code = t.handle.pid, None
-        exit_status = getattr(self.zygotes, "exit_status", None)
-        if t.handle.extra.get("zygote") and exit_status is not None:
-            known = await _resolved(exit_status(pid))
-            if isinstance(known, ExitStatus):
+        if t.handle.extra.get("zygote") and self.zygotes is not None:
+            known = await self.zygotes.exit_status(pid)  # the zygote reaped it
+            if known is not None:
                 return self._with_oom(t, known)
         for _ in range(100):  # the pidfd fires as the process exits; the zombie follows
             try:
