@@ -65,6 +65,7 @@ def test_read_lines_filters_by_time_and_tails_across_segments(tmp_path: Path) ->
     assert [ln.text for ln in read_lines(tmp_path, tail=3)] == ["e1", "c1", "c2"]
     assert [ln.text for ln in read_lines(tmp_path, streams=["stdout"], tail=4)] == [
         "a2", "b1", "c1", "c2"]
+    assert read_lines(tmp_path, tail=0) == []
     assert read_lines(tmp_path / "missing") == []
 
 

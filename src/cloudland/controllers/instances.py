@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +18,13 @@ from typing import Any
 
 from cloudland.controllers import probes
 from cloudland.runtime import Driver, ExitStatus, Handle, InstanceSpec, Limits, StartError
+from cloudland.runtime.ports import free_port
 
 log = logging.getLogger("cloudland.instances")
 
 BACKOFF_START = 10.0
 BACKOFF_CAP = 300.0
 HEALTHY_RUN = 10.0  # a crash after this long running restarts at once
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the instance binds it as $PORT)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -58,6 +51,11 @@ class Instance:
     @property
     def log_dir(self) -> Path:
         return self.log_root / str(self.restarts)
+
+    @property
+    def driver_id(self) -> str:
+        """Unique across namespaces (names the instance's cgroup): '<ns>.<id>'."""
+        return self.log_root.name
 
     @property
     def alive(self) -> bool:
@@ -114,7 +112,7 @@ class Supervision:
         run_env = {**env, "PORT": str(inst.port)}
         inst.log_dir.mkdir(parents=True, exist_ok=True)
         instance_spec = InstanceSpec(
-            id=inst.id, log_dir=inst.log_dir,
+            id=inst.driver_id, log_dir=inst.log_dir,
             command=[*spec["command"], *spec.get("args", [])] if spec.get("command") else None,
             python=spec.get("python"), env=run_env, working_dir=spec.get("workingDir"),
             port=inst.port, limits=limits_of(spec),
@@ -226,7 +224,11 @@ class Supervision:
 
     async def adopt(self, inst: Instance, spec: dict[str, Any], env: dict[str, str]) -> bool:
         """Re-attach to an instance a previous CloudLand started; False if it is gone."""
-        if inst.handle is None or not await self.driver.recover(inst.handle):
+        if inst.handle is None:
+            return False
+        if not await self.driver.recover(inst.handle):
+            with contextlib.suppress(Exception):
+                await self.driver.destroy(inst.handle)  # release its cgroup and scratch dir
             return False
         inst.phase, inst.started_mono = "Running", self.monotonic()
         inst.ready = not spec.get("readinessProbe")

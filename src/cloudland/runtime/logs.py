@@ -182,6 +182,8 @@ def read_lines(log_dir: Path, since: float | None = None, tail: int | None = Non
 
     `since` (unix time) drops older lines; `tail` keeps the last N after that.
     Blocking: call it through asyncio.to_thread from the event loop."""
+    if tail is not None and tail <= 0:
+        return []
     merged: list[LogLine] = []
     for stream in streams:
         path = log_path(Path(log_dir), stream)
