@@ -181,3 +181,36 @@ def test_the_nginx_example_serves(cloudland: Running) -> None:
         wait_for(lambda: ready_count(client, "nginx", 2), timeout=30, message="nginx ready")
         for ep in status(client, "nginx")["endpoints"]:
             assert httpx.get(f"http://{ep}/").text == "hello from nginx\n"
+
+
+def test_faults_are_reported_and_never_block(cloudland: Running, tmp_path: Path) -> None:
+    """OOM, an app ignoring SIGTERM, and a probe that hangs, side by side."""
+    hog = "x = bytearray(400 * 1024 * 1024); import time; time.sleep(60)"
+    stubborn = "trap '' TERM; while true; do sleep 0.1; done"
+    with Client(cloudland.api) as client:
+        client.apply([
+            service("hog", {"command": ["python3", "-c", hog],
+                            "resources": {"limits": {"memory": "64Mi"}}}),
+            service("stubborn", {"command": ["sh", "-c", stubborn],
+                                 "terminationGracePeriodSeconds": 1}),
+            service("hangs", {"command": ["sleep", "300"],
+                              "readinessProbe": {"exec": {"command": ["sleep", "300"]},
+                                                 "timeoutSeconds": 1, "periodSeconds": 1}}),
+        ])
+
+        def exited(name: str) -> dict[str, Any] | None:
+            insts = status(client, name).get("instances", [])
+            return insts[0]["lastExit"] if insts and "lastExit" in insts[0] else None
+
+        oom = wait_for(lambda: exited("hog"), timeout=30, message="the hog to be killed")
+        assert oom["reason"] == "OOMKilled", oom
+        wait_for(lambda: ready_count(client, "stubborn", 1), timeout=20, message="stubborn up")
+        pid = pids(client, "stubborn")[0]
+        hangs = status(client, "hangs")
+        assert hangs["readyReplicas"] == 0 and hangs["replicas"] == 1
+        client.delete("Service", "default", "stubborn")
+        wait_for(lambda: not alive(pid), timeout=15, message="SIGKILL after the grace period")
+        wait_for(lambda: "stubborn" not in [s["metadata"]["name"] for s in
+                                            client.list("Service", "default")["items"]],
+                 timeout=15, message="the Service to be deleted after its instances")
+        assert status(client, "hangs")["readyReplicas"] == 0  # still probing, still unready

@@ -215,6 +215,12 @@ class ServiceReconciler:
             "endpoints": [f"127.0.0.1:{i.port}" for i in ready if i.port],
             "history": history,
         })
+        if state.supervision is not None:
+            # What isolation the host gave these instances (cgroups or process groups only).
+            caps = state.supervision.driver.capabilities()
+            status["runtime"] = {"driver": state.supervision.driver.name,
+                                 "cgroups": caps.cgroups, "isolation": caps.isolation,
+                                 **({"note": caps.note} if caps.note else {})}
         done = len(current) == desired == len(live) and all(i.ready for i in current)
         if problems:
             ready_cond = ("False", "ConfigNotFound", "; ".join(problems))
