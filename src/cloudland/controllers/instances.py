@@ -125,6 +125,11 @@ class Supervision:
             self._crashed(inst, {"reason": err.reason, "message": err.message,
                                  "finishedAt": self.wall()})
             return
+        except Exception as exc:  # a driver bug must not leave the instance Pending forever
+            log.exception("starting %s failed", inst.id)
+            self._crashed(inst, {"reason": "StartFailed", "message": str(exc),
+                                 "finishedAt": self.wall()})
+            return
         inst.phase, inst.started_at, inst.started_mono = "Running", self.wall(), self.monotonic()
         inst.ready = not spec.get("readinessProbe")
         self.watch(inst, spec, run_env)

@@ -84,7 +84,7 @@ class JobReconciler:
         status.setdefault("startTime", rfc3339(now))
         if not state.adopted:
             await self._adopt(key, state, sup, status, spec, env)
-        self._count(state, status)
+        self._count(state, status, now)
         verdict = self._verdict(spec, status, now)
         if verdict is None:
             await self._start_attempts(key, state, sup, spec, env, status, ctx)
@@ -106,7 +106,7 @@ class JobReconciler:
     def _supervision(self, key: Key, ctx: Context, state: JobState, spec: Object) -> Supervision:
         driver = self.runtime.driver(spec.get("runtime", "process"))
         if state.supervision is None or state.supervision.driver is not driver:
-            state.supervision = Supervision(driver, notify=lambda: ctx.enqueue(key, 0.02),
+            state.supervision = Supervision(driver, notify=lambda: ctx.enqueue(key, 0.0),
                                             monotonic=ctx.clock.monotonic, wall=ctx.clock.time)
         return state.supervision
 
@@ -122,8 +122,9 @@ class JobReconciler:
             if await sup.adopt(inst, spec, env):
                 state.instances[inst.id] = inst
 
-    def _count(self, state: JobState, status: Object) -> None:
-        """Fold attempts that ended into the succeeded/failed counters, once each."""
+    def _count(self, state: JobState, status: Object, now: float) -> None:
+        """Fold attempts that ended into the succeeded/failed counters, once each;
+        after a failure the next attempt waits its back-off."""
         for inst in state.instances.values():
             if inst.alive or inst.id in state.counted or inst.last_exit is None:
                 continue
@@ -132,6 +133,9 @@ class JobReconciler:
             field_name = "succeeded" if ok else "failed"
             status[field_name] = int(status.get(field_name, 0)) + 1
             inst.phase, inst.message = ("Succeeded" if ok else "Failed"), ""
+            if not ok:
+                failed = int(status["failed"])
+                status["retryAt"] = now + min(RETRY_START * 2 ** (failed - 1), RETRY_CAP)
 
     @staticmethod
     def _verdict(spec: Object, status: Object, now: float) -> tuple[str, str] | None:
@@ -152,7 +156,6 @@ class JobReconciler:
         active = [i for i in state.instances.values() if i.alive or i.phase == "Pending"]
         remaining = int(spec.get("completions", 1)) - int(status.get("succeeded", 0))
         want = min(int(spec.get("parallelism", 1)), remaining) - len(active)
-        failed = int(status.get("failed", 0))
         retry_at = float(status.get("retryAt", 0))
         if want <= 0 or ctx.clock.time() < retry_at:
             return
@@ -166,9 +169,6 @@ class JobReconciler:
             state.instances[inst_id] = inst
             attempts.append(inst)
         await asyncio.gather(*(sup.start(i, spec, env) for i in attempts))
-        if failed:
-            delay = min(RETRY_START * 2 ** (failed - 1), RETRY_CAP)
-            status["retryAt"] = ctx.clock.time() + delay
 
     def _write(self, ctx: Context, obj: Object, state: JobState, status: Object,
                spec: Object) -> None:

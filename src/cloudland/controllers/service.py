@@ -102,7 +102,7 @@ class ServiceReconciler:
         driver = self.runtime.driver(spec.get("runtime", "process"))
         if state.supervision is None or state.supervision.driver is not driver:
             state.supervision = Supervision(
-                driver, notify=lambda: ctx.enqueue(key, 0.02), monotonic=ctx.clock.monotonic,
+                driver, notify=lambda: ctx.enqueue(key, 0.0), monotonic=ctx.clock.monotonic,
                 wall=ctx.clock.time)
         return state.supervision
 
