@@ -116,9 +116,13 @@ class SandboxDriver(ProcessDriver):
 
     def _wrap(self, argv: list[str], spec: InstanceSpec, cwd: str) -> list[str]:
         assert self.bwrap is not None
-        exe = Path(os.path.realpath(argv[0]))
-        # A program under <prefix>/bin usually needs <prefix> (its libraries, its stdlib).
-        binds = [str(exe.parent.parent if exe.parent.name in ("bin", "sbin") else exe.parent)]
+        # A program under <prefix>/bin usually needs <prefix> (its libraries, its stdlib);
+        # bind both the path it is called by (a virtualenv's bin/python, say) and the
+        # file it really is.
+        called = Path(argv[0])
+        binds = [_prefix(Path(os.path.realpath(called)))]
+        if called.is_absolute():
+            binds.append(_prefix(called))
         if spec.python is not None:
             binds += [sys.base_prefix, sys.prefix, str(Path(cloudland.__file__).parent.parent)]
         binds += [p for p in spec.env.get("PATH", "").split(":") if p]
@@ -147,3 +151,7 @@ class SandboxDriver(ProcessDriver):
                 args += ["--ro-bind", real, real]
                 bound.append(real)
         return args
+
+
+def _prefix(exe: Path) -> str:
+    return str(exe.parent.parent if exe.parent.name in ("bin", "sbin") else exe.parent)
