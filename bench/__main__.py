@@ -23,11 +23,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import api, apply, daemon, watch
+from bench import api, apply, daemon, services, watch
 from bench.harness import ROOT, Row, failed
 from bench.harness import daemon as start_daemon
 
-SUITES = ("daemon", "api", "watch", "apply")
+SUITES = ("daemon", "api", "watch", "apply", "services")
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -35,7 +35,7 @@ def _fmt(value: float | None, unit: str = "") -> str:
         return "—"
     if unit == "s":
         text = f"{value:.3f}" if value < 10 else f"{value:.1f}"
-    elif unit == "req/s":
+    elif unit in ("req/s", "req"):  # rates and request counts: whole numbers
         text = f"{value:,.0f}"
     else:
         text = f"{value:.2f}" if value < 10 else f"{value:.1f}"
@@ -101,6 +101,8 @@ def run(only: list[str], console: Console) -> list[Row]:
             with start_daemon() as server:
                 return apply.measure(server)
         _guard("apply", rows, apply_suite, console)
+    if "services" in selected:  # its own daemon: 500 replicas, healing, a rollout
+        _guard("services", rows, services.measure, console)
     return rows
 
 

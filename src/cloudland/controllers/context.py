@@ -79,6 +79,8 @@ class Context:
 
     def write_status(self, obj: Object, status: Object) -> Object:
         """Store `status` unless it equals the stored one; returns the current object."""
+        if status == (obj.get("status") or {}):
+            return obj  # the common case, decided without validating a big status twice
         old = normalize_status(obj.get("status") or {})
         new = normalize_status(status)
         if new == old:

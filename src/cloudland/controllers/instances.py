@@ -18,13 +18,14 @@ from typing import Any
 
 from cloudland.controllers import probes
 from cloudland.runtime import Driver, ExitStatus, Handle, InstanceSpec, Limits, StartError
-from cloudland.runtime.ports import free_port
+from cloudland.runtime.ports import PortAllocator
 
 log = logging.getLogger("cloudland.instances")
 
 BACKOFF_START = 10.0
 BACKOFF_CAP = 300.0
-HEALTHY_RUN = 10.0  # a crash after this long running restarts at once
+HEALTHY_RUN = 10.0  # a crash after this long running does not count towards back-off
+DRAIN = 0.5  # seconds between leaving the endpoints and SIGTERM, while others serve
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Instance:
     message: str = ""
     terminating: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _cached: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def log_dir(self) -> Path:
@@ -62,6 +64,15 @@ class Instance:
         return self.phase == "Running"
 
     def to_status(self) -> dict[str, Any]:
+        """The instance's entry in status; rebuilt only when something in it changed
+        (a 500-instance status is rebuilt on every event)."""
+        key = (self.phase, self.ready, self.restarts, self.port, self.handle, self.started_at,
+               id(self.last_exit), self.message)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._build_status())
+        return self._cached[1]
+
+    def _build_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id, "index": self.index, "revision": self.revision,
             "templateHash": self.template_hash, "phase": self.phase, "ready": self.ready,
@@ -82,7 +93,8 @@ class Instance:
 
 
 def backoff_for(crashes: int) -> float:
-    return 0.0 if crashes <= 0 else min(BACKOFF_START * 2 ** (crashes - 1), BACKOFF_CAP)
+    """As the kubelet: the first crash restarts at once, then 10 s, 20 s, ... 5 min."""
+    return 0.0 if crashes <= 1 else min(BACKOFF_START * 2 ** (crashes - 2), BACKOFF_CAP)
 
 
 def last_line(path: Path, limit: int = 4096) -> str:
@@ -106,9 +118,20 @@ class Supervision:
     notify: Callable[[], None]
     monotonic: Callable[[], float]
     wall: Callable[[], float]
+    ports: PortAllocator = field(default_factory=PortAllocator)
 
     async def start(self, inst: Instance, spec: dict[str, Any], env: dict[str, str]) -> None:
-        inst.port = inst.port or free_port()
+        for _ in range(3):
+            inst.port = inst.port or self.ports.allocate()
+            await self._start(inst, spec, env)
+            if (inst.last_exit or {}).get("reason") != "PortInUse" or inst.alive:
+                return
+            # Someone else took the port between our draw and the start: draw again now.
+            self.ports.release(inst.port)
+            inst.port, inst.crashes, inst.not_before = None, 0, 0.0
+
+    async def _start(self, inst: Instance, spec: dict[str, Any], env: dict[str, str]) -> None:
+        assert inst.port is not None
         run_env = {**env, "PORT": str(inst.port)}
         inst.log_dir.mkdir(parents=True, exist_ok=True)
         instance_spec = InstanceSpec(
@@ -184,8 +207,9 @@ class Supervision:
         await asyncio.sleep(delay)
         passes = fails = live_fails = 0
         period = min(float(p.get("periodSeconds", 10)) for p in (ready_probe, live_probe) if p)
-        # Until the first success, probe fast so a new instance becomes ready promptly.
-        fast = min(period, 0.05)
+        # Until the first success, probe more often so a new instance becomes ready
+        # promptly (but not so often that 500 starting instances flood the loop).
+        fast = min(period, 0.2)
         while inst.alive:
             if ready_probe:
                 ok = await probes.check(ready_probe, inst.port, env)
@@ -211,11 +235,15 @@ class Supervision:
                     return
             await asyncio.sleep(period if inst.ready or not ready_probe else fast)
 
-    async def stop(self, inst: Instance, grace: float) -> None:
-        """Drain (not ready first), then stop, wait for the exit and release."""
+    async def stop(self, inst: Instance, grace: float, drain: float = 0.0) -> None:
+        """Drain (leave the endpoints, give clients `drain` seconds to notice), then
+        stop, wait for the exit and release."""
+        was_serving = inst.ready
         inst.terminating, inst.ready = True, False
         inst.phase = "Terminating"
         self.notify()
+        if drain and was_serving:
+            await asyncio.sleep(drain)
         if inst.handle is not None:
             with contextlib.suppress(Exception):
                 await self.driver.stop(inst.handle, grace=grace)
@@ -226,6 +254,7 @@ class Supervision:
         await asyncio.gather(*inst.tasks, return_exceptions=True)
         inst.tasks = []
         inst.phase = "Exited"
+        self.ports.release(inst.port)
 
     async def adopt(self, inst: Instance, spec: dict[str, Any], env: dict[str, str]) -> bool:
         """Re-attach to an instance a previous CloudLand started; False if it is gone."""
@@ -237,6 +266,8 @@ class Supervision:
             return False
         inst.phase, inst.started_mono = "Running", self.monotonic()
         inst.ready = not spec.get("readinessProbe")
+        if inst.port:
+            self.ports.hold(inst.port)
         self.watch(inst, spec, {**env, "PORT": str(inst.port)})
         return True
 

@@ -19,13 +19,14 @@ from cloudland.controllers import rollout
 from cloudland.controllers.accepting import Object
 from cloudland.controllers.base import Key, Result
 from cloudland.controllers.context import Context
-from cloudland.controllers.instances import Instance, Supervision
+from cloudland.controllers.instances import DRAIN, Instance, Supervision
 from cloudland.controllers.workload import Runtime, resolve_env
 from cloudland.runtime import Handle
 
 log = logging.getLogger("cloudland.services")
 FINALIZER = "cloudland.io/instances"
 START_CONCURRENCY = 64
+COALESCE = 0.05
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ServiceState:
     supervision: Supervision | None = None
     next_index: int = 0
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    starting: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def track(self, task: asyncio.Task[None], into: set[asyncio.Task[None]]) -> None:
+        into.add(task)
+        task.add_done_callback(into.discard)
 
 
 def _now() -> str:
@@ -65,6 +71,7 @@ class ServiceReconciler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.services: dict[Key, ServiceState] = {}
+        self._gate = asyncio.Semaphore(START_CONCURRENCY)
 
     # ---- the reconcile ---------------------------------------------------------------
 
@@ -101,9 +108,14 @@ class ServiceReconciler:
                      spec: Object) -> Supervision:
         driver = self.runtime.driver(spec.get("runtime", "process"))
         if state.supervision is None or state.supervision.driver is not driver:
+            def notify() -> None:
+                # Big Services coalesce instance events: one status write per 50 ms,
+                # not one per instance (a 500-instance status is half a megabyte).
+                ctx.enqueue(key, COALESCE if len(state.instances) > 20 else 0.0)
+
             state.supervision = Supervision(
-                driver, notify=lambda: ctx.enqueue(key, 0.0), monotonic=ctx.clock.monotonic,
-                wall=ctx.clock.time)
+                driver, notify=notify, monotonic=ctx.clock.monotonic, wall=ctx.clock.time,
+                ports=self.runtime.ports)
         return state.supervision
 
     async def _converge(self, key: Key, state: ServiceState, sup: Supervision, spec: Object,
@@ -115,26 +127,32 @@ class ServiceReconciler:
         step = rollout.plan(members, desired, surge, unavailable,
                             recreate=(spec.get("strategy") or {}).get("type") == "Recreate")
         grace = float(spec.get("terminationGracePeriodSeconds", 30))
+        # Drain only while other instances keep serving: scaling to zero stops at once.
+        staying = sum(i.ready for i in live if i.id not in step.stop)
+        drain = DRAIN if staying else 0.0
         for inst_id in step.stop:
             inst = state.instances[inst_id]
             inst.terminating = True
-            task = asyncio.create_task(self._retire(state, sup, inst, grace),
-                                       name=f"stop {inst_id}")
-            state.retiring.add(task)
-            task.add_done_callback(state.retiring.discard)
-        gate = asyncio.Semaphore(START_CONCURRENCY)
-
-        async def start(inst: Instance) -> None:
-            async with gate:
-                await sup.start(inst, spec, env)
-
+            state.track(asyncio.create_task(self._retire(state, sup, inst, grace, drain),
+                                            name=f"stop {inst_id}"), state.retiring)
         starts = [self._new_instance(key, state, thash, revision) for _ in range(step.start)]
         now = sup.monotonic()
         restarts = [i for i in live if i.template_hash == thash and not i.alive
                     and i.phase != "Pending" and i.not_before <= now]
         for inst in restarts:
             inst.restarts += 1
-        await asyncio.gather(*(start(i) for i in [*starts, *restarts]))
+            inst.phase = "Pending"
+        # Starts run beside the reconcile, so status (and endpoints) are published as
+        # instances come up, not once the last of 500 has started.
+        for inst in [*starts, *restarts]:
+            state.track(asyncio.create_task(self._start(sup, inst, spec, env),
+                                            name=f"start {inst.id}"), state.starting)
+
+    async def _start(self, sup: Supervision, inst: Instance, spec: Object,
+                     env: dict[str, str]) -> None:
+        async with self._gate:
+            await sup.start(inst, spec, env)
+        sup.notify()
 
     def _new_instance(self, key: Key, state: ServiceState, thash: str,
                       revision: int) -> Instance:
@@ -148,8 +166,8 @@ class ServiceReconciler:
         return inst
 
     async def _retire(self, state: ServiceState, sup: Supervision, inst: Instance,
-                      grace: float) -> None:
-        await sup.stop(inst, grace)
+                      grace: float, drain: float) -> None:
+        await sup.stop(inst, grace, drain)
         state.instances.pop(inst.id, None)
         sup.notify()
 
@@ -183,6 +201,7 @@ class ServiceReconciler:
             state.next_index = max(state.next_index, len(state.instances)) + 1
 
     async def _stop_all(self, state: ServiceState) -> None:
+        await asyncio.gather(*state.starting, return_exceptions=True)
         sup = state.supervision
         if sup is not None:
             await asyncio.gather(*(sup.stop(i, 10.0) for i in state.instances.values()
@@ -206,9 +225,11 @@ class ServiceReconciler:
         current = [i for i in live if i.template_hash == thash and not i.terminating]
         ready = [i for i in live if i.ready and not i.terminating]
         crashing = [i for i in live if i.phase == "CrashLoopBackOff"]
-        status = ctx.status_of(obj)
+        # A shallow copy: everything below is replaced, never mutated in place.
+        status = dict(obj.get("status") or {})
         status.update({
-            "observedGeneration": generation, "replicas": len(live),
+            "observedGeneration": generation,
+            "replicas": sum(not i.terminating for i in live),
             "readyReplicas": len(ready), "updatedReplicas": len(current),
             "availableReplicas": len(ready), "revision": revision, "templateHash": thash,
             "instances": [i.to_status() for i in live],

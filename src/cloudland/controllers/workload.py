@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudland.controllers.accepting import Object, env_refs, missing
 from cloudland.controllers.base import PermanentError
 from cloudland.controllers.context import Context
 from cloudland.runtime import Driver
+from cloudland.runtime.ports import PortAllocator
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Runtime:
 
     drivers: dict[str, Driver]
     log_root: Path
+    ports: PortAllocator = field(default_factory=PortAllocator)
 
     def driver(self, name: str) -> Driver:
         driver = self.drivers.get(name)

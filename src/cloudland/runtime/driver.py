@@ -13,7 +13,7 @@ driver.
 from __future__ import annotations
 
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -71,7 +71,10 @@ class Handle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy is measurable with 500 instances.
+        return {"driver": self.driver, "version": self.version, "id": self.id, "pid": self.pid,
+                "start_ticks": self.start_ticks, "pgid": self.pgid, "cgroup": self.cgroup,
+                "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Handle:

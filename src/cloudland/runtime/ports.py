@@ -31,3 +31,30 @@ def port_in_use(port: int) -> bool:
                 return True
             raise
     return False
+
+
+class PortAllocator:
+    """Hands out instance ports no other live instance of this CloudLand holds.
+
+    The kernel's ephemeral range is drawn at random, so 500 draws collide a few
+    times; remembering what was handed out (until released) avoids that."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.taken: set[int] = set()
+
+    def allocate(self) -> int:
+        for _ in range(100):
+            port = free_port(self.host)
+            if port not in self.taken:
+                self.taken.add(port)
+                return port
+        raise OSError("no free port found in 100 tries")
+
+    def hold(self, port: int) -> None:
+        """Mark a port as in use (an instance re-adopted after a restart)."""
+        self.taken.add(port)
+
+    def release(self, port: int | None) -> None:
+        if port is not None:
+            self.taken.discard(port)
