@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloudland.client import Client
-from tests.conftest import Running
+from tests.conftest import Running, wait_for
 
 SERVICE = """\
 apiVersion: cloudland/v1
@@ -14,7 +14,7 @@ metadata:
   name: web
   labels: {app: web}
 spec:
-  command: ["python3", "-m", "http.server"]
+  command: ["sleep", "300"]
   replicas: 2
 """
 CONFIG = """\
@@ -79,7 +79,8 @@ def test_apply_plan_prune_and_drift(cloudland: Running, tmp_path: Path) -> None:
 
     gone = cloudland.cli("destroy", "-f", str(stack), "--yes")
     assert gone.exit_code == 0 and "1 deleted" in gone.stdout
-    assert names(cloudland, "Service") == []
+    # The Service's controller stops its instances, then lets it go (finalizer).
+    wait_for(lambda: names(cloudland, "Service") == [], message="the Service to be gone")
 
 
 def test_recursive_directories_and_json_output(cloudland: Running, tmp_path: Path) -> None:
