@@ -35,6 +35,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def zygotes_of(daemon: int) -> list[int]:
+    """Zygote processes the daemon started (its children running zygote_main)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == daemon and b"zygote_main" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 def service(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "cloudland/v1", "kind": "Service", "metadata": {"name": name},
             "spec": spec}
@@ -123,6 +139,8 @@ def test_rolling_update_keeps_every_replica_ready(cloudland: Running, tmp_path: 
         assert all(not alive(p) for p in old)
         st = status(client, "roll")
         assert [h["revision"] for h in st["history"]] == [1, 2]
+        # v1's zygote is retired once no v1 instance is left; v2's stays warm.
+        wait_for(lambda: len(zygotes_of(cloudland.proc.pid)) == 1, message="one zygote left")
         for ep in st["endpoints"]:
             assert httpx.get(f"http://{ep}/").text == "hello v2"
 

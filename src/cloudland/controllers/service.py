@@ -37,6 +37,7 @@ class ServiceState:
     next_index: int = 0
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
     starting: set[asyncio.Task[None]] = field(default_factory=set)
+    templates: set[str] = field(default_factory=set)  # zygote keys the driver keeps warm
 
     def track(self, task: asyncio.Task[None], into: set[asyncio.Task[None]]) -> None:
         into.add(task)
@@ -98,6 +99,7 @@ class ServiceReconciler:
             self._reap(state)
             discovery = service_env(ctx, key.namespace)
             await self._converge(key, state, sup, spec, {**discovery, **env}, thash, revision)
+            await self._forget_old_templates(state, sup, thash if spec.get("python") else None)
         status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
         ctx.write_status(obj, status)
         waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
@@ -200,6 +202,17 @@ class ServiceReconciler:
         if state.instances:
             state.next_index = max(state.next_index, len(state.instances)) + 1
 
+    @staticmethod
+    async def _forget_old_templates(state: ServiceState, sup: Supervision,
+                                    current: str | None) -> None:
+        """Once no instance of an old template remains, its zygote can go."""
+        if current:
+            state.templates.add(current)
+        in_use = {i.template_hash for i in state.instances.values()} | {current}
+        for old in state.templates - in_use:
+            state.templates.discard(old)
+            await sup.driver.forget(old)
+
     async def _stop_all(self, state: ServiceState) -> None:
         await asyncio.gather(*state.starting, return_exceptions=True)
         sup = state.supervision
@@ -208,6 +221,8 @@ class ServiceReconciler:
                                    if not i.terminating))
         await asyncio.gather(*state.retiring, return_exceptions=True)
         state.instances.clear()
+        if sup is not None:
+            await self._forget_old_templates(state, sup, None)
 
     async def shutdown(self) -> None:
         """`cloudland down`: stop every instance this controller runs."""

@@ -145,6 +145,11 @@ class Driver(Protocol):
         """Re-attach after a CloudLand restart: True if the same process still runs."""
         ...
 
+    async def forget(self, zygote_key: str) -> None:
+        """Release whatever is kept warm for instances with this `zygote_key` (a
+        Service template that is gone); a no-op for drivers that keep nothing."""
+        ...
+
     async def close(self) -> None:
         """Shut the driver down (zygotes etc.); running instances are left alone
         unless `stop`ped — `cloudland down` stops them first."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -108,8 +109,13 @@ class ProcessDriver:
             if zygote:
                 assert self.zygotes is not None
                 # The forked child joins the cgroups itself, before the app runs.
+                # The instance gets the same env and working dir an exec'd one would; the
+                # zygote key is fixed first, so a scratch dir never splits the zygote.
+                forked = dataclasses.replace(
+                    spec, env=env, working_dir=cwd,
+                    zygote_key=spec.zygote_key or self.zygotes.key_for(spec))
                 pid, ticks = await self.zygotes.spawn(
-                    spec, cgroup_procs=[Path(p) for p in cgroup.procs_files()] if cgroup else [])
+                    forked, cgroup_procs=[Path(p) for p in cgroup.procs_files()] if cgroup else [])
             else:
                 popen = spawn(argv, env, cwd, spec.log_dir,
                               cgroup.procs_files() if cgroup else [])
@@ -389,6 +395,12 @@ class ProcessDriver:
         if handle.extra.get("log_dir"):
             self.rotator.register(Path(handle.extra["log_dir"]))
         return True
+
+    async def forget(self, zygote_key: str) -> None:
+        """Release what is kept warm for a template (its zygote) once no instance of
+        it will start again; running instances are not touched."""
+        if self.zygotes is not None:
+            await self.zygotes.retire_key(zygote_key)
 
     async def close(self) -> None:
         await self.rotator.close()

@@ -17,8 +17,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import traceback
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -52,8 +54,8 @@ def import_app(ref: str) -> Any:
                           f"({getattr(module, '__file__', '?')}) has no attribute {attr!r}")
         app = getattr(app, part)
     if not callable(app):
-        raise Refused("InvalidSpec", f"python.app {ref!r} is a {type(app).__name__}, not a "
-                      "callable WSGI or ASGI application")
+        raise Refused("InvalidSpec", f"python.app {ref!r} is not callable (it is a "
+                      f"{type(app).__name__}), so not a WSGI or ASGI application")
     return app
 
 
@@ -75,7 +77,9 @@ def detect_interface(app: Any) -> str:
 
 
 class App:
-    """`python: {app: "module:attr", interface?, host?, lifespan?}`."""
+    """`python: {app: "module:attr"}`, and optionally interface (asgi3, asgi2, wsgi;
+    detected), host (127.0.0.1), lifespan (auto, on, off), access_log ("false" to
+    drop uvicorn's access log) and rehearse ("false" to skip the rehearsal)."""
 
     def __init__(self, spec: dict[str, str]) -> None:
         app = import_app(spec["app"])
@@ -83,22 +87,55 @@ class App:
         if self.interface not in INTERFACES:
             raise Refused("InvalidSpec", f"python.interface: {self.interface!r} is not one of "
                           f"{', '.join(INTERFACES)}")
+        self.ref = spec["app"]
         self.host = spec.get("host", "127.0.0.1")
         self.config = uvicorn.Config(app, host=self.host, port=0,
                                      interface=self.interface,  # type: ignore[arg-type]
-                                     lifespan=spec.get("lifespan", "auto"))  # type: ignore[arg-type]
+                                     lifespan=spec.get("lifespan", "auto"),  # type: ignore[arg-type]
+                                     access_log=spec.get("access_log", "true") != "false")
         self.config.load()
-        rehearse(self.host)
+        if spec.get("rehearse", "true") != "false":
+            rehearse(self.host, self.interface)
 
     def run(self, listener: socket.socket | None) -> None:
         """Serve on an already listening socket until SIGTERM/SIGINT (in the instance)."""
         assert listener is not None
+        sys.argv = [self.ref]
         self.config.port = listener.getsockname()[1]
-        logging.getLogger("uvicorn.error").info(
-            "Uvicorn running on http://%s:%d (forked from a zygote)", self.host, self.config.port)
-        server = uvicorn.Server(self.config)
+        server = Server(self.config)
         with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
             runner.run(server.serve(sockets=[listener]))
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, waking once a second instead of ten times (500 idle instances
+    would otherwise keep a fifth of a core busy); SIGTERM/SIGINT wake it at once."""
+
+    _wake: asyncio.Event | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # uvicorn says where it runs only when it bound the socket itself
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (forked from a zygote)", self.config.host,
+                self.config.port)
+
+    def stop(self) -> None:
+        self.should_exit = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def main_loop(self) -> None:
+        self._wake = asyncio.Event()
+        while not await self.on_tick(0):  # counter 0: refresh the Date header every tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._wake is not None:  # in a signal handler: only the thread-safe call is safe
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon_threadsafe(self._wake.set)
 
 
 # -- rehearsal -------------------------------------------------------------------------------
@@ -138,15 +175,22 @@ async def _poke(port: int, host: str, requests: int) -> None:
                 data += chunk
 
 
-async def _stage(host: str, servers: int) -> None:
-    config = uvicorn.Config(_dummy, host=host, port=0, log_config=None, lifespan="on")
+def _dummy_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("content-length", "2")])
+    return [b"ok"]
+
+
+async def _stage(host: str, servers: int, wsgi: bool) -> None:
+    config = uvicorn.Config(_dummy_wsgi if wsgi else _dummy, host=host, port=0, log_config=None,
+                            interface="wsgi" if wsgi else "asgi3",
+                            lifespan="auto" if wsgi else "on")
     config.load()
     running = []
     for _ in range(servers):
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         listener.bind((host, 0))
         listener.listen(8)
-        server = uvicorn.Server(config)
+        server = Server(config)
         task = asyncio.create_task(server.serve(sockets=[listener]))
         running.append((server, task, listener.getsockname()[1]))
     for server, _, port in running:
@@ -154,11 +198,17 @@ async def _stage(host: str, servers: int) -> None:
             await asyncio.sleep(0.001)
         for _ in range(2):
             await _poke(port, host, 2)
-        server.should_exit = True
+        server.stop()
     await asyncio.gather(*(task for _, task, _ in running))
+    app = config.loaded_app
+    while app is not None:  # the WSGI middleware's thread pool: a zygote keeps no threads
+        executor = getattr(app, "executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True)
+        app = getattr(app, "app", None)
 
 
-def rehearse(host: str, rounds: int = 10) -> None:
+def rehearse(host: str, interface: str, rounds: int = 10) -> None:
     """Start, use and stop the server machinery `rounds` times, quietly, in the zygote.
     Best effort: a failure here only costs memory later."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -169,10 +219,12 @@ def rehearse(host: str, rounds: int = 10) -> None:
         try:
             for i in range(rounds):  # each round its own loop: Runner and loop code warm too
                 with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
-                    runner.run(asyncio.wait_for(_stage(host, rounds), 5) if i == 0
+                    runner.run(asyncio.wait_for(_stage(host, rounds, interface == "wsgi"), 5)
+                               if i == 0
                                else asyncio.sleep(0))
-        except Exception:
-            pass
+        except Exception as exc:  # the zygote's log (its stderr; the handlers are muted)
+            print(f"cloudland zygote: rehearsal failed ({last_line(exc)}); instances will "
+                  "use more memory", file=sys.stderr, flush=True)
         finally:
             for handler, stream in zip(streams, previous, strict=True):
                 if stream is not None:
