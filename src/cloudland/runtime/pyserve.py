@@ -2,9 +2,10 @@
 
 Used only inside a zygote (runtime/zygote_main.py): `App(...)` imports the app,
 builds and loads the uvicorn config and rehearses the server once, all in the
-zygote; `App.run(listener)` is all an instance does after fork.  WSGI apps go
-through uvicorn's WSGI interface (a2wsgi when installed), so both kinds share one
-HTTP implementation (httptools, keep-alive, pipelining) and one set of imports.
+zygote; `App.run(listener)` is all an instance does after fork.  WSGI apps are
+called on the event loop (`runtime/wsgi.SyncWSGI`, one request at a time like a
+sync worker; `python: {wsgi: threads}` keeps uvicorn's thread-pool adapter), so
+both kinds share one HTTP implementation (httptools, keep-alive, pipelining).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from cloudland.runtime.wsgi import SyncWSGI
 from cloudland.runtime.zygote_main import MAX_TEXT, Refused, last_line
 
 try:
@@ -79,7 +81,8 @@ def detect_interface(app: Any) -> str:
 class App:
     """`python: {app: "module:attr"}`, and optionally interface (asgi3, asgi2, wsgi;
     detected), host (127.0.0.1), lifespan (auto, on, off), access_log ("false" to
-    drop uvicorn's access log) and rehearse ("false" to skip the rehearsal)."""
+    drop uvicorn's access log), rehearse ("false" to skip the rehearsal) and wsgi
+    ("sync", the default, or "threads" for uvicorn's thread-pool adapter)."""
 
     def __init__(self, spec: dict[str, str]) -> None:
         app = import_app(spec["app"])
@@ -89,8 +92,11 @@ class App:
                           f"{', '.join(INTERFACES)}")
         self.ref = spec["app"]
         self.host = spec.get("host", "127.0.0.1")
-        self.config = uvicorn.Config(app, host=self.host, port=0,
-                                     interface=self.interface,  # type: ignore[arg-type]
+        served, interface = app, self.interface
+        if self.interface == "wsgi" and spec.get("wsgi", "sync") == "sync":
+            served, interface = SyncWSGI(app), "asgi3"  # no thread pool per instance
+        self.config = uvicorn.Config(served, host=self.host, port=0,
+                                     interface=interface,  # type: ignore[arg-type]
                                      lifespan=spec.get("lifespan", "auto"),  # type: ignore[arg-type]
                                      access_log=spec.get("access_log", "true") != "false")
         self.config.load()
@@ -181,9 +187,8 @@ def _dummy_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
 
 
 async def _stage(host: str, servers: int, wsgi: bool) -> None:
-    config = uvicorn.Config(_dummy_wsgi if wsgi else _dummy, host=host, port=0, log_config=None,
-                            interface="wsgi" if wsgi else "asgi3",
-                            lifespan="auto" if wsgi else "on")
+    config = uvicorn.Config(SyncWSGI(_dummy_wsgi) if wsgi else _dummy, host=host, port=0,
+                            log_config=None, interface="asgi3", lifespan="on")
     config.load()
     running = []
     for _ in range(servers):
