@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from cloudland.runtime.wsgi import SyncWSGI
+from cloudland.runtime.wsgi import SyncWSGI, answer_lifespan
 from cloudland.runtime.zygote_main import MAX_TEXT, Refused, last_line
 
 try:
@@ -153,11 +153,8 @@ class Server(uvicorn.Server):
 async def _dummy(scope: dict[str, Any], receive: Callable[..., Any],
                  send: Callable[..., Any]) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await answer_lifespan(receive, send)
+        return
     await receive()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"2")]})

@@ -47,6 +47,16 @@ def environ_for(scope: Scope, body: bytes) -> dict[str, Any]:
     return environ
 
 
+async def answer_lifespan(receive: Callable[[], Awaitable[Message]],
+                          send: Callable[[Message], Awaitable[None]]) -> None:
+    """Acknowledge ASGI lifespan startup and shutdown (an app with nothing to do)."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
 class SyncWSGI:
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
@@ -54,11 +64,8 @@ class SyncWSGI:
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = bytearray()
