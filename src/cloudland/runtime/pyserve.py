@@ -92,12 +92,13 @@ class App:
                           f"{', '.join(INTERFACES)}")
         self.ref = spec["app"]
         self.host = spec.get("host", "127.0.0.1")
-        served, interface = app, self.interface
+        served, interface, lifespan = app, self.interface, spec.get("lifespan", "auto")
         if self.interface == "wsgi" and spec.get("wsgi", "sync") == "sync":
-            served, interface = SyncWSGI(app), "asgi3"  # no thread pool per instance
+            # No thread pool per instance, and no lifespan task: WSGI has no lifespan.
+            served, interface, lifespan = SyncWSGI(app), "asgi3", spec.get("lifespan", "off")
         self.config = uvicorn.Config(served, host=self.host, port=0,
                                      interface=interface,  # type: ignore[arg-type]
-                                     lifespan=spec.get("lifespan", "auto"),  # type: ignore[arg-type]
+                                     lifespan=lifespan,  # type: ignore[arg-type]
                                      access_log=spec.get("access_log", "true") != "false")
         self.config.load()
         if spec.get("rehearse", "true") != "false":
