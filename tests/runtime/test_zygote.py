@@ -182,8 +182,9 @@ def test_asgi_and_wsgi_apps_are_imported_once_and_forked(apps: Path, tmp_path: P
                     assert await get(port) == f"{kind} hi-{name} {port}"
                     log_dir = tmp_path / "logs" / name
                     await wait_for_file(log_dir / "stdout.log", f"{kind} request /")
-                    started = "Application startup complete" if kind == "asgi" else "Uvicorn running"
-                    assert started in (log_dir / "stderr.log").read_text()  # WSGI: no lifespan
+                    # WSGI instances run without a lifespan task.
+                    started = {"asgi": "Application startup complete", "wsgi": "Uvicorn running"}
+                    assert started[kind] in (log_dir / "stderr.log").read_text()
             assert len(pool.zygote_pids()) == 2
             imports = (apps / "imports.log").read_text().splitlines()
             assert sorted(line.split()[0] for line in imports) == ["asgi", "wsgi"]
