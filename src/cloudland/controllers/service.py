@@ -80,6 +80,9 @@ class ServiceReconciler:
         obj = ctx.find(key)
         state = self.services.setdefault(key, ServiceState())
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            if obj is not None:
+                # Deleted right after a restart: find its instances before stopping them.
+                await self._adopt_once(key, ctx, state, obj, {})
             await self._stop_all(state)
             self.services.pop(key, None)
             if obj is not None:
@@ -92,10 +95,11 @@ class ServiceReconciler:
         history, revision = rollout.record_revision(
             list((obj.get("status") or {}).get("history", [])), thash,
             rollout.template_of(spec), _now())
+        # Adopt even with missing config: the status written below must keep the
+        # handles of instances a previous CloudLand started.
+        await self._adopt_once(key, ctx, state, obj, env)
         if not problems:  # running instances keep running until their config is back
             sup = self._supervision(key, ctx, state, spec)
-            if not state.adopted:
-                await self._adopt(key, state, sup, obj, env)
             self._reap(state)
             discovery = service_env(ctx, key.namespace)
             await self._converge(key, state, sup, spec, {**discovery, **env}, thash, revision)
@@ -182,9 +186,19 @@ class ServiceReconciler:
 
     # ---- adoption, deletion, shutdown ------------------------------------------------
 
+    async def _adopt_once(self, key: Key, ctx: Context, state: ServiceState, obj: Object,
+                          env: dict[str, str]) -> None:
+        """On the first reconcile in this process: re-attach to instances that a
+        previous CloudLand started and that still run."""
+        if state.adopted:
+            return
+        if not (obj.get("status") or {}).get("instances"):
+            state.adopted = True
+            return
+        await self._adopt(key, state, self._supervision(key, ctx, state, obj["spec"]), obj, env)
+
     async def _adopt(self, key: Key, state: ServiceState, sup: Supervision, obj: Object,
                      env: dict[str, str]) -> None:
-        """After a CloudLand restart: re-attach to instances that still run."""
         state.adopted = True
         for record in (obj.get("status") or {}).get("instances", []):
             if not record.get("handle"):
