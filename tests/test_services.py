@@ -232,3 +232,24 @@ def test_faults_are_reported_and_never_block(cloudland: Running, tmp_path: Path)
                                             client.list("Service", "default")["items"]],
                  timeout=15, message="the Service to be deleted after its instances")
         assert status(client, "hangs")["readyReplicas"] == 0  # still probing, still unready
+
+
+def test_a_service_deleted_right_after_a_restart_stops_its_instances(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    running = start_cloudland(home)
+    try:
+        with Client(running.api) as client:
+            client.apply([service("gone", {"command": ["sleep", "300"], "replicas": 2})])
+            wait_for(lambda: ready_count(client, "gone", 2), timeout=30, message="ready")
+            before = pids(client, "gone")
+        os.killpg(running.proc.pid, signal.SIGKILL)
+        running.proc.wait(10)
+        running = start_cloudland(home)
+        with Client(running.api) as client:
+            client.delete("Service", "default", "gone")
+            wait_for(lambda: not any(alive(p) for p in before), timeout=30,
+                     message="the orphaned instances to be stopped")
+            wait_for(lambda: not client.list("Service", "default")["items"],
+                     message="the Service to be deleted")
+    finally:
+        running.stop()
