@@ -182,8 +182,8 @@ def test_asgi_and_wsgi_apps_are_imported_once_and_forked(apps: Path, tmp_path: P
                     assert await get(port) == f"{kind} hi-{name} {port}"
                     log_dir = tmp_path / "logs" / name
                     await wait_for_file(log_dir / "stdout.log", f"{kind} request /")
-                    # WSGI instances run without a lifespan task.
-                    started = {"asgi": "Application startup complete", "wsgi": "Uvicorn running"}
+                    # WSGI instances run without a lifespan task; both on the lean server.
+                    started = {"asgi": "Application startup complete", "wsgi": "(lean, forked"}
                     assert started[kind] in (log_dir / "stderr.log").read_text()
             assert len(pool.zygote_pids()) == 2
             imports = (apps / "imports.log").read_text().splitlines()
@@ -227,7 +227,9 @@ def test_import_errors_and_bad_specs_are_start_errors(apps: Path, tmp_path: Path
                      ({"app": "not_an_app:app"}, "InvalidSpec", "is not callable (it is a int)"),
                      ({"app": "no_colon"}, "InvalidSpec", "is not 'module:attribute'"),
                      ({"module": "no_such_module_x"}, "ImportError", "No module named"),
-                     ({"script": "missing.py"}, "CommandNotFound", "missing.py does not exist")]
+                     ({"script": "missing.py"}, "CommandNotFound", "missing.py does not exist"),
+                     ({"app": "asgi_hello:app", "server": "gunicorn"}, "InvalidSpec",
+                      "python.server: 'gunicorn' is not one of lean, uvicorn")]
             for python, reason, message in cases:
                 with pytest.raises(StartError) as caught:
                     await pool.spawn(spec(apps, tmp_path, "bad", python, port=free_port()))
@@ -289,5 +291,39 @@ def test_concurrent_spawns_pipeline_through_one_zygote(apps: Path, tmp_path: Pat
             assert len(set(pids)) == 20 and len(pool.zygote_pids()) == 1
             bodies = await asyncio.gather(*(get(port) for port in ports))
             assert bodies == [f"asgi hi-web-{i} {port}" for i, port in enumerate(ports)]
+
+    run(main())
+
+
+def test_uvicorn_stays_selectable(apps: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with pool_for(tmp_path) as (pool, pids):
+            for kind in ("asgi", "wsgi"):
+                port = free_port()
+                s = spec(apps, tmp_path, f"uv-{kind}", {"app": f"{kind}_hello:app",
+                                                        "server": "uvicorn"}, port=port)
+                pid, _ = await pool.spawn(s)
+                pids.append(pid)
+                assert await get(port) == f"{kind} hi-uv-{kind} {port}"
+                await wait_for_file(s.log_dir / "stderr.log", "Uvicorn running")
+                os.kill(pid, signal.SIGTERM)
+                status = await pool.exit_status(pid)
+                assert status is not None and status.signal == signal.SIGTERM
+
+    run(main())
+
+
+def test_lean_instances_stop_gracefully_and_log_requests(apps: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with pool_for(tmp_path) as (pool, pids):
+            port = free_port()
+            s = spec(apps, tmp_path, "lean", {"app": "wsgi_hello:app"}, port=port)
+            pid, _ = await pool.spawn(s)
+            pids.append(pid)
+            assert await get(port) == f"wsgi hi-lean {port}"
+            await wait_for_file(s.log_dir / "stdout.log", '"GET / HTTP/1.1" 200 OK')
+            os.kill(pid, signal.SIGTERM)
+            status = await pool.exit_status(pid)
+            assert status is not None and status.signal == signal.SIGTERM
 
     run(main())

@@ -1,4 +1,9 @@
-"""Serving a `python.app` (WSGI or ASGI) in zygote-forked instances, on uvicorn.
+"""Serving a `python.app` (WSGI or ASGI) in zygote-forked instances.
+
+By default on the lean server (runtime/leanhttp.py, ~0.8 MiB less PSS per instance
+than uvicorn's startup and first request); `python: {server: uvicorn}` runs
+uvicorn's Server instead (WebSockets, proxy-header-aware logging, its full HTTP).
+Either way uvicorn's Config builds the app (interface adapters, proxy headers).
 
 Used only inside a zygote (runtime/zygote_main.py): `App(...)` imports the app,
 builds and loads the uvicorn config and rehearses the server once, all in the
@@ -26,6 +31,7 @@ from typing import Any
 
 import uvicorn
 
+from cloudland.runtime import leanhttp
 from cloudland.runtime.wsgi import SyncWSGI, answer_lifespan
 from cloudland.runtime.zygote_main import MAX_TEXT, Refused, last_line
 
@@ -37,6 +43,8 @@ except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
     LOOP_FACTORY = None
 
 INTERFACES = ("auto", "asgi3", "asgi2", "wsgi")
+SERVERS = ("lean", "uvicorn")
+DEFAULT_SERVER = "lean"
 
 
 def import_app(ref: str) -> Any:
@@ -81,8 +89,9 @@ def detect_interface(app: Any) -> str:
 class App:
     """`python: {app: "module:attr"}`, and optionally interface (asgi3, asgi2, wsgi;
     detected), host (127.0.0.1), lifespan (auto, on, off), access_log ("false" to
-    drop uvicorn's access log), rehearse ("false" to skip the rehearsal) and wsgi
-    ("sync", the default, or "threads" for uvicorn's thread-pool adapter)."""
+    drop the access log), rehearse ("false" to skip the rehearsal), wsgi ("sync", the
+    default, or "threads" for uvicorn's thread-pool adapter) and server ("lean", the
+    default, or "uvicorn")."""
 
     def __init__(self, spec: dict[str, str]) -> None:
         app = import_app(spec["app"])
@@ -90,8 +99,13 @@ class App:
         if self.interface not in INTERFACES:
             raise Refused("InvalidSpec", f"python.interface: {self.interface!r} is not one of "
                           f"{', '.join(INTERFACES)}")
+        self.server = spec.get("server") or DEFAULT_SERVER
+        if self.server not in SERVERS:
+            raise Refused("InvalidSpec", f"python.server: {self.server!r} is not one of "
+                          f"{', '.join(SERVERS)}")
         self.ref = spec["app"]
         self.host = spec.get("host", "127.0.0.1")
+        self.access_log = spec.get("access_log", "true") != 'false'
         served, interface, lifespan = app, self.interface, spec.get("lifespan", "auto")
         if self.interface == "wsgi" and spec.get("wsgi", "sync") == "sync":
             # No thread pool per instance, and no lifespan task: WSGI has no lifespan.
@@ -99,15 +113,24 @@ class App:
         self.config = uvicorn.Config(served, host=self.host, port=0,
                                      interface=interface,  # type: ignore[arg-type]
                                      lifespan=lifespan,  # type: ignore[arg-type]
-                                     access_log=spec.get("access_log", "true") != "false")
+                                     access_log=self.access_log)
         self.config.load()
+        self.lifespan = lifespan
         if spec.get("rehearse", "true") != "false":
-            rehearse(self.host, self.interface)
+            if self.server == "lean":
+                rehearse_lean(self.host, self.interface == "wsgi")
+            else:
+                rehearse(self.host, self.interface)
 
     def run(self, listener: socket.socket | None) -> None:
         """Serve on an already listening socket until SIGTERM/SIGINT (in the instance)."""
         assert listener is not None
         sys.argv = [self.ref]
+        if self.server == "lean":
+            # uvicorn's loaded app (interface adapters, proxy headers) on the lean server.
+            leanhttp.serve(self.config.loaded_app, listener, access_log=self.access_log,
+                           lifespan=self.lifespan, loop_factory=LOOP_FACTORY)
+            return
         self.config.port = listener.getsockname()[1]
         server = Server(self.config)
         with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
@@ -235,3 +258,66 @@ def rehearse(host: str, interface: str, rounds: int = 10) -> None:
             for sig, previous_handler in handlers.items():
                 with contextlib.suppress(TypeError, ValueError):
                     signal.signal(sig, previous_handler)
+
+
+# -- rehearsing the lean server --------------------------------------------------------------
+
+_LEAN_REQUESTS = (
+    b"GET / HTTP/1.1\r\nhost: zygote\r\n\r\n",
+    b"GET /a%20b?x=1 HTTP/1.1\r\nhost: zygote\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: zygote\r\ncontent-length: 5\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nhost: zygote\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nhost: zygote\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: zygote\r\nconnection: close\r\n\r\n",
+)
+
+
+async def _lean_poke(port: int, host: str) -> None:
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.connect((host, port))  # blocking: no resolver thread (see _poke)
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, b"".join(_LEAN_REQUESTS))
+        while await loop.sock_recv(sock, 65536):  # until the server closes (last request)
+            pass
+
+
+async def _lean_stage(host: str, servers: int, wsgi: bool, log_fd: int) -> None:
+    config = uvicorn.Config(SyncWSGI(_dummy_wsgi) if wsgi else _dummy, host=host, port=0,
+                            log_config=None, interface="asgi3", lifespan="off")
+    config.load()
+    running = []
+    for _ in range(servers):
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        listener.bind((host, 0))
+        listener.listen(8)
+        server = leanhttp.Server(config.loaded_app)
+        server.log_fd = log_fd
+        task = asyncio.create_task(server.serve(listener, signals=False))
+        running.append((server, task, listener.getsockname()[1]))
+    await asyncio.sleep(0)
+    for server, _, port in running:
+        for _ in range(2):
+            await _lean_poke(port, host)
+        server.stop()
+    await asyncio.gather(*(task for _, task, _ in running))
+
+
+def rehearse_lean(host: str, wsgi: bool, rounds: int = 10) -> None:
+    """`rehearse` for the lean server: serve a dummy app on it a few times, quietly."""
+    with open(os.devnull, "w") as devnull:
+        try:
+            for i in range(rounds):
+                loop = LOOP_FACTORY() if LOOP_FACTORY is not None else asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(
+                        asyncio.wait_for(_lean_stage(host, rounds, wsgi, devnull.fileno()), 5)
+                        if i == 0 else asyncio.sleep(0))
+                finally:
+                    loop.close()
+        except Exception as exc:
+            print(f"cloudland zygote: rehearsal failed ({last_line(exc)}); instances will "
+                  "use more memory", file=sys.stderr, flush=True)
+        finally:
+            asyncio.set_event_loop(None)
