@@ -1,0 +1,260 @@
+"""Rendering Routes and Services into an Envoy snapshot: golden files, determinism,
+versions, consistency checks, missing backends and the published files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudland.mesh import Snapshot, missing_backends, render
+from tests.mesh.conftest import check_golden, route, service
+
+A_EPS = ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+
+def snap(routes: list[dict[str, Any]], services: list[dict[str, Any]],
+         access_log: str | None = None) -> Snapshot:
+    return render(routes, services, gateway_port=8080, admin_port=9901, access_log=access_log)
+
+
+def golden_view(snapshot: Snapshot) -> dict[str, Any]:
+    return {"version": snapshot.version, "listeners": snapshot.listeners,
+            "clusters": snapshot.clusters}
+
+
+def vhosts(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    (config,) = snapshot.route_configs()
+    return {v["name"]: v for v in config["virtual_hosts"]}
+
+
+# ---- the cases, shared with the Envoy validation test ---------------------------------
+
+def case_service_only() -> Snapshot:
+    return snap([], [service("api", A_EPS)])
+
+
+def case_host_prefix_header() -> Snapshot:
+    rt = route("web", {"hosts": ["park.example"], "rules": [{
+        "matches": [{"path": {"type": "PathPrefix", "value": "/rides"},
+                     "headers": [{"name": "X-Park", "value": "north"}]}],
+        "backends": [{"name": "api"}]}]})
+    return snap([rt], [service("api", A_EPS)])
+
+
+def case_canary() -> Snapshot:
+    rt = route("shop", {"rules": [{"backends": [{"name": "shop-v1", "weight": 90},
+                                                {"name": "shop-v2", "weight": 10}]}]})
+    return snap([rt], [service("shop-v1", ["127.0.0.1:9101"]),
+                       service("shop-v2", ["127.0.0.1:9201"])])
+
+
+def case_retries_timeout() -> Snapshot:
+    rt = route("pay", {"hosts": ["pay.example"], "rules": [{
+        "matches": [{"path": {"type": "Exact", "value": "/charge"}, "method": "POST",
+                     "queryParams": [{"name": "mode", "value": "live"}]}],
+        "backends": [{"name": "pay"}], "timeout": "1m30s",
+        "retries": {"attempts": 3, "on": ["5xx", "connect-failure"], "perTryTimeout": "250ms"}}]})
+    return snap([rt], [service("pay", ["127.0.0.1:9301"])], access_log="/tmp/access.log")
+
+
+def case_regex() -> Snapshot:
+    rt = route("rides", {"rules": [{
+        "matches": [{"path": {"type": "RegularExpression", "value": "/rides/[0-9]+/wait"}}],
+        "backends": [{"name": "board"}]}]})
+    return snap([rt], [service("board", ["127.0.0.1:9401"])])
+
+
+CASES = {"service_only": case_service_only, "host_prefix_header": case_host_prefix_header,
+         "canary": case_canary, "retries_timeout": case_retries_timeout, "regex": case_regex}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name: str) -> None:
+    snapshot = CASES[name]()
+    assert snapshot.problems() == []
+    check_golden(name, golden_view(snapshot))
+
+
+# ---- what the golden files say, spelled out ------------------------------------------
+
+def test_service_without_route_gets_internal_host_and_cluster() -> None:
+    snapshot = case_service_only()
+    (cluster,) = snapshot.clusters
+    assert cluster["name"] == "svc.default.api"
+    assert cluster["lb_policy"] == "LEAST_REQUEST"
+    ports = [e["endpoint"]["address"]["socket_address"]["port_value"]
+             for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert ports == [9001, 9002]
+    (vhost,) = vhosts(snapshot).values()
+    assert vhost["domains"] == ["api.default.svc.cloudland.local"]
+    assert vhost["routes"][0]["route"] == {"cluster": "svc.default.api"}
+
+
+def test_matches_become_envoy_matchers() -> None:
+    match = vhosts(case_host_prefix_header())["park.example"]["routes"][0]["match"]
+    assert match == {"prefix": "/rides",
+                     "headers": [{"name": "x-park", "string_match": {"exact": "north"}}]}
+    match = vhosts(case_retries_timeout())["pay.example"]["routes"][0]["match"]
+    assert match["path"] == "/charge"
+    assert {"name": ":method", "string_match": {"exact": "POST"}} in match["headers"]
+    assert match["query_parameters"] == [{"name": "mode", "string_match": {"exact": "live"}}]
+    match = vhosts(case_regex())["*"]["routes"][0]["match"]
+    assert match == {"safe_regex": {"regex": "/rides/[0-9]+/wait"}}
+
+
+def test_canary_weights_and_retry_policy() -> None:
+    action = vhosts(case_canary())["*"]["routes"][0]["route"]
+    assert action["weighted_clusters"]["clusters"] == [
+        {"name": "svc.default.shop-v1", "weight": 90},
+        {"name": "svc.default.shop-v2", "weight": 10}]
+    action = vhosts(case_retries_timeout())["pay.example"]["routes"][0]["route"]
+    assert action["timeout"] == "90s"
+    assert action["retry_policy"] == {"retry_on": "5xx,connect-failure", "num_retries": 3,
+                                      "per_try_timeout": "0.25s"}
+
+
+def test_more_specific_matches_come_first() -> None:
+    rt = route("site", {"rules": [
+        {"matches": [{"path": {"value": "/"}}], "backends": [{"name": "a"}]},
+        {"matches": [{"path": {"value": "/api"}}], "backends": [{"name": "a"}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/health"}}], "backends": [{"name": "a"}]},
+        {"matches": [{"path": {"value": "/api"}, "method": "GET"}], "backends": [{"name": "a"}]},
+    ]})
+    routes = vhosts(snap([rt], [service("a", A_EPS)]))["*"]["routes"]
+    assert [r["name"] for r in routes] == ["default/site/rule2/match0", "default/site/rule3/match0",
+                                           "default/site/rule1/match0", "default/site/rule0/match0"]
+
+
+# ---- determinism and versions ----------------------------------------------------------
+
+def _park() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    routes = [route("web", {"hosts": ["park.example", "www.park.example"], "rules": [
+                  {"matches": [{"path": {"value": "/rides"}}], "backends": [{"name": "rides"}]},
+                  {"backends": [{"name": "web", "weight": 3}, {"name": "web-next"}]}]}),
+              route("board", {"hosts": ["board.example"], "rules": [
+                  {"backends": [{"name": "board", "namespace": "ops"}]}]})]
+    services = [service("rides", ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]),
+                service("web", ["127.0.0.1:9010"]), service("web-next", ["127.0.0.1:9011"]),
+                service("board", ["127.0.0.1:9020"], namespace="ops")]
+    return routes, services
+
+
+def test_same_model_in_another_order_renders_the_same_version() -> None:
+    routes, services = _park()
+    first = snap(routes, services)
+    rng = random.Random(7)
+    for _ in range(5):
+        rng.shuffle(routes)
+        rng.shuffle(services)
+        for svc in services:
+            rng.shuffle(svc["status"]["endpoints"])
+        again = snap(routes, services)
+        assert again.version == first.version
+        assert again.listeners == first.listeners and again.clusters == first.clusters
+
+
+def test_version_changes_when_an_endpoint_changes() -> None:
+    routes, services = _park()
+    before = snap(routes, services).version
+    services[0]["status"]["endpoints"] = services[0]["status"]["endpoints"][:-1]
+    after = snap(routes, services).version
+    assert len(before) == len(after) == 16 and before != after
+
+
+# ---- consistency ----------------------------------------------------------------------
+
+def test_problems_names_both_routes_claiming_the_same_host_and_path() -> None:
+    spec = {"hosts": ["park.example"],
+            "rules": [{"matches": [{"path": {"value": "/rides"}}], "backends": [{"name": "a"}]}]}
+    snapshot = snap([route("one", spec), route("two", spec, namespace="ops")],
+                    [service("a", A_EPS)])
+    (problem,) = snapshot.problems()
+    assert "default/one" in problem and "ops/two" in problem
+    assert "park.example" in problem and "/rides" in problem
+
+
+def test_same_path_with_different_headers_is_not_a_conflict() -> None:
+    base = {"hosts": ["park.example"], "rules": [{"backends": [{"name": "a"}]}]}
+    canary = {"hosts": ["park.example"], "rules": [{
+        "matches": [{"headers": [{"name": "x-canary", "value": "1"}]}],
+        "backends": [{"name": "a"}]}]}
+    assert snap([route("base", base), route("canary", canary)],
+                [service("a", A_EPS)]).problems() == []
+
+
+def test_every_cluster_a_route_names_exists() -> None:
+    routes, services = _park()
+    routes.append(route("lost", {"rules": [{"backends": [{"name": "nowhere"}]}]}))
+    snapshot = snap(routes, services)
+    assert snapshot.referenced_clusters() <= {c["name"] for c in snapshot.clusters}
+    assert snapshot.problems() == []
+
+
+def test_problems_catch_a_dangling_cluster_and_duplicate_names() -> None:
+    good = case_canary()
+    broken = Snapshot(listeners=good.listeners + good.listeners, clusters=good.clusters[:1])
+    problems = broken.problems()
+    assert any("duplicate listener name 'gateway'" in p for p in problems)
+    assert any("'svc.default.shop-v2', which does not exist" in p for p in problems)
+
+
+# ---- missing backends -------------------------------------------------------------------
+
+def test_missing_backends_render_empty_clusters_and_are_reported() -> None:
+    routes = [route("shop", {"rules": [{"backends": [
+        {"name": "shop-v1"}, {"name": "gone"}, {"name": "cold"},
+        {"kind": "Function", "name": "resize"}]}]}),
+        route("fine", {"rules": [{"backends": [{"name": "shop-v1"}]}]})]
+    services = [service("shop-v1", ["127.0.0.1:9101"]), service("cold", [])]
+    snapshot = snap(routes, services)
+    clusters = {c["name"]: c for c in snapshot.clusters}
+    assert "endpoints" not in clusters["svc.default.gone"]["load_assignment"]
+    assert "endpoints" not in clusters["svc.default.cold"]["load_assignment"]
+    assert "fn.default.resize" in clusters
+    assert missing_backends(routes, services) == {"default/shop": [
+        "Service default/gone does not exist",
+        "Service default/cold has no ready endpoints",
+        "Function default/resize: Function backends are not served yet"]}
+
+
+def test_all_weights_zero_answers_503_without_a_cluster() -> None:
+    rt = route("off", {"rules": [{"backends": [{"name": "a", "weight": 0}]}]})
+    entry = vhosts(snap([rt], [service("a", A_EPS)]))["*"]["routes"][0]
+    assert entry["direct_response"] == {"status": 503} and "route" not in entry
+
+
+def test_a_route_on_an_internal_name_precedes_the_builtin_fallback() -> None:
+    rt = route("api-v2", {"hosts": ["api.default.svc.cloudland.local"], "rules": [{
+        "matches": [{"path": {"value": "/v2"}}], "backends": [{"name": "api-next"}]}]})
+    snapshot = snap([rt], [service("api", A_EPS), service("api-next", ["127.0.0.1:9005"])])
+    routes = vhosts(snapshot)["api.default.svc.cloudland.local"]["routes"]
+    assert [r["name"] for r in routes] == ["default/api-v2/rule0/match0", "svc:default/api"]
+    assert snapshot.problems() == []
+
+
+# ---- publishing -------------------------------------------------------------------------
+
+def test_to_files_writes_discovery_responses_atomically(tmp_path: Path) -> None:
+    snapshot = case_canary()
+    snapshot.to_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cds.json", "lds.json"]  # no temp left
+    cds = json.loads((tmp_path / "cds.json").read_text())
+    lds = json.loads((tmp_path / "lds.json").read_text())
+    assert cds["version_info"] == lds["version_info"] == snapshot.version
+    assert {r["@type"] for r in cds["resources"]} == {
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"}
+    assert [r["name"] for r in lds["resources"]] == ["gateway"]
+
+
+def test_bootstrap_points_at_the_files_and_keeps_admin_on_loopback(tmp_path: Path) -> None:
+    boot = Snapshot.bootstrap(9901, tmp_path)
+    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1",
+                                                          "port_value": 9901}
+    lds = boot["dynamic_resources"]["lds_config"]["path_config_source"]
+    assert lds == {"path": str(tmp_path.resolve() / "lds.json"),
+                   "watched_directory": {"path": str(tmp_path.resolve())}}
+    assert boot["node"]["id"]
