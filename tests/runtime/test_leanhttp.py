@@ -259,3 +259,28 @@ def test_expect_100_continue() -> None:
         writer.close()
 
     run(check)
+
+
+def test_oversized_request_heads_are_refused() -> None:
+    """Headers are bounded: a client cannot make an instance buffer without limit."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go() -> bytes:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        server = leanhttp.Server(app, access_log=False)
+        task = asyncio.create_task(server.serve(listener, signals=False))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        server.stop()
+        await asyncio.wait_for(task, 5)
+        return answer
+
+    assert asyncio.run(go()).startswith(b"HTTP/1.1 400")

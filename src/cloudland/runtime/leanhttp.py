@@ -45,6 +45,8 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 
 KEEP_ALIVE = 5.0
 HIGH_WATER = 1 << 16  # buffered request body above which reading pauses
+MAX_HEAD = 1 << 16  # request line + headers: more is refused (as nginx's 431/414)
+MAX_HEADERS = 100
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -212,8 +214,8 @@ class Cycle:
 class HttpProtocol(asyncio.Protocol):
     """One connection: parses requests as they come, serves them one at a time."""
 
-    __slots__ = ("active", "app", "client", "drain", "headers", "local", "loop", "parser",
-                 "parsing", "pipeline", "server", "timer", "transport", "url")
+    __slots__ = ("active", "app", "client", "drain", "head_bytes", "headers", "local", "loop",
+                 "parser", "parsing", "pipeline", "server", "timer", "transport", "url")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -225,6 +227,7 @@ class HttpProtocol(asyncio.Protocol):
         self.local: tuple[str, int] | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
         self.parsing: Cycle | None = None  # the request being read
         self.active: Cycle | None = None  # the request being served
         self.pipeline: deque[Cycle] = deque()  # read, waiting for `active` to finish
@@ -296,12 +299,18 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_HEAD:
+            raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD or len(self.headers) > MAX_HEADERS:
+            raise httptools.HttpParserError("request headers too large")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
