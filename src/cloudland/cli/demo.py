@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def demo(
     """Start CloudLand (if it is not running) and apply the demo park and hello services."""
     where = Home.resolve(home)
     if not where.running_state():
-        start_detached(where, "127.0.0.1", 0)
+        start_detached(where, "127.0.0.1", 0,
+                       int(os.environ.get("CLOUDLAND_GATEWAY_PORT", "8080")))
     examples = find_examples()
     stacks = {"park": [str(examples / "park")], "hello": [str(examples / "hello" / "hello.yaml")]}
     if shutil.which("nginx"):
@@ -69,6 +71,10 @@ def demo(
         if endpoints:
             console.print(f"  {svc['metadata']['name']:<12} http://{endpoints[0]}/"
                           f"  ({len(endpoints)} ready)")
+    gateway = (where.read_state() or {}).get("gateway")
+    if gateway:
+        console.print(f"\nThrough the gateway (Envoy): [bold]curl -H 'Host: park.localhost' "
+                      f"{gateway}/[/]")
     flag = "" if where.root == Home.resolve().root else f" --home {where.root}"
     console.print("\nLook around:")
     for command in ("status", "get services -o wide", "logs wait-times", "describe route gate",

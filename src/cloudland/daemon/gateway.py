@@ -1,0 +1,96 @@
+"""The gateway: a managed Envoy whose config follows the Routes and Services.
+
+Every committed change to a Route or a Service (its endpoints live in its
+status) marks the config dirty; one task re-renders the whole snapshot
+(`mesh.render`), refuses inconsistent ones (the problem is kept for `status`),
+and hands the rest to `ManagedEnvoy.apply`, which confirms Envoy took it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from cloudland.api.service import Change, ResourceService
+from cloudland.mesh import render
+from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.snapshot import Snapshot
+
+log = logging.getLogger("cloudland.gateway")
+COALESCE = 0.01  # seconds: a burst of status writes becomes one render
+
+
+class Gateway:
+    def __init__(self, service: ResourceService, run_dir: Path, *, port: int,
+                 host: str = "127.0.0.1", access_log: Path | None = None) -> None:
+        self.service = service
+        self.host = host
+        self.port = port or free_port(host)
+        self.access_log = access_log
+        self.envoy = ManagedEnvoy(run_dir)
+        self.problem: str | None = None
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        return envoy_binary() is not None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.envoy.start(self._render())
+        self._unsubscribe = self.service.subscribe(self._on_change)
+        self._task = asyncio.create_task(self._follow(), name="gateway")
+        log.info("gateway listening on %s (Envoy %s)", self.url, self.envoy.envoy_version or "")
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.envoy.stop()
+
+    def health(self) -> dict[str, Any]:
+        envoy = self.envoy.health()
+        out: dict[str, Any] = {"healthy": bool(envoy.get("running")) and not self.problem,
+                               "url": self.url, "pid": envoy.get("pid"),
+                               "version": envoy.get("version"), "restarts": envoy.get("restarts")}
+        if self.problem or envoy.get("last_error"):
+            out["error"] = self.problem or envoy.get("last_error")
+        return out
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind in ("Route", "Service"):
+            self._dirty.set()
+
+    async def _follow(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(COALESCE)
+            self._dirty.clear()
+            snapshot = self._render()
+            problems = snapshot.problems()
+            self.problem = "; ".join(problems) if problems else None
+            if problems:
+                log.warning("gateway config not applied: %s", self.problem)
+                continue
+            try:
+                await self.envoy.apply(snapshot)
+            except Exception as exc:  # Envoy restarting, or refused: keep the last good one
+                log.warning("gateway config not applied: %s", exc)
+
+    def _render(self) -> Snapshot:
+        routes, _ = self.service.list("Route")
+        services, _ = self.service.list("Service")
+        return render(routes, services, gateway_port=self.port,
+                      admin_port=self.envoy.admin_port,
+                      access_log=str(self.access_log) if self.access_log else None)
