@@ -86,7 +86,7 @@ def run(only: list[str], console: Console) -> list[Row]:
         try:
             with start_daemon() as server:
                 if "daemon" in selected:
-                    _guard("idle memory", rows, lambda: [daemon.idle_rss(server)], console)
+                    _guard("idle memory", rows, lambda: daemon.idle_rss(server), console)
                 if "watch" in selected:
                     _guard("watch", rows, lambda: watch.measure(server), console)
                 if "api" in selected:
