@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
 
 from cloudland.client import Client
-from tests.conftest import Running, wait_for
+from tests.conftest import Running, start_cloudland, wait_for
 from tests.test_services import hello_spec, ready_count, service
 
 
@@ -36,3 +37,19 @@ def test_routes_and_internal_names_reach_the_instances(cloudland: Running,
     assert answer("hello.default.svc.cloudland.local") == (200, "hello v1")
     assert answer("void.localhost")[0] == 503  # a Route to a missing backend: no upstream
     assert answer("unknown.localhost")[0] == 404
+
+
+def test_a_busy_gateway_port_is_reported_not_fatal(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        running = start_cloudland(tmp_path / "home", "--gateway-port", str(port))
+        try:
+            info = running.cli("status", "-o", "json").json()
+            assert info["health"] == "degraded"
+            assert "gateway" not in info["addresses"]
+            assert f"port {port} is already in use" in info["parts"]["gateway"]["error"]
+            assert info["parts"]["api"]["healthy"]  # the rest of CloudLand runs on
+        finally:
+            running.stop()

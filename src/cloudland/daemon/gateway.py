@@ -18,6 +18,7 @@ from cloudland.api.service import Change, ResourceService
 from cloudland.mesh import render
 from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
 from cloudland.mesh.snapshot import Snapshot
+from cloudland.runtime.ports import port_in_use
 
 log = logging.getLogger("cloudland.gateway")
 COALESCE = 0.01  # seconds: a burst of status writes becomes one render
@@ -45,6 +46,9 @@ class Gateway:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        if port_in_use(self.port):  # Envoy would run but serve nothing on it
+            raise RuntimeError(f"port {self.port} is already in use; choose another with "
+                               "--gateway-port (0 picks a free one)")
         await self.envoy.start(self._render())
         self._unsubscribe = self.service.subscribe(self._on_change)
         self._task = asyncio.create_task(self._follow(), name="gateway")
