@@ -34,6 +34,19 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01,
         time.sleep(interval)
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains `text` (a home path, say)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
 @dataclass
 class CliResult:
     exit_code: int

@@ -14,7 +14,7 @@ import httpx
 from cloudland.client import Client
 from cloudland.errors import CloudLandError
 from cloudland.store import Store
-from tests.conftest import Running, run_cli, start_cloudland, wait_for
+from tests.conftest import Running, processes_mentioning, run_cli, start_cloudland, wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -111,6 +111,8 @@ def test_kill_9_during_applies_loses_nothing_acknowledged(tmp_path: Path) -> Non
     wait_for(lambda: len(acknowledged) >= 150, timeout=30, message="writes to flow")
     os.killpg(running.proc.pid, signal.SIGKILL)
     running.proc.wait(10)
+    # Nothing CloudLand started outlives it (Envoy gets SIGTERM when its parent dies).
+    wait_for(lambda: not processes_mentioning(str(home)), message="CloudLand's children to end")
     stop.set()
     thread.join(30)
     assert not thread.is_alive()

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from cloudland.runtime.driver import InstanceSpec, StartError
+from cloudland.runtime.ports import PortAllocator
 from cloudland.runtime.zygote import ZygotePool
 
 APPS = {
@@ -281,7 +282,8 @@ def test_instances_outlive_close_and_their_zygote(apps: Path, tmp_path: Path) ->
 def test_concurrent_spawns_pipeline_through_one_zygote(apps: Path, tmp_path: Path) -> None:
     async def main() -> None:
         async with pool_for(tmp_path) as (pool, pids):
-            ports = [free_port() for _ in range(20)]
+            allocator = PortAllocator()  # 20 draws of port 0 can repeat; the allocator won't
+            ports = [allocator.allocate() for _ in range(20)]
             specs = [spec(apps, tmp_path, f"web-{i}", {"app": "asgi_hello:app"}, port=port,
                           key="web") for i, port in enumerate(ports)]
             # Big requests fill the socket buffer, so that sends have to wait their turn.

@@ -241,6 +241,11 @@ class ManagedEnvoy:
                 "-l", self.log_level, "--drain-strategy", self.drain_strategy]
         if self.drain_time is not None:
             args += ["--drain-time-s", str(max(1, round(self.drain_time)))]
+        # Envoy must end with CloudLand, even a kill -9 of it: the kernel sends it
+        # SIGTERM when its parent dies (util-linux's setpriv sets that, then execs).
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            args = [setpriv, "--pdeathsig", "TERM", "--", *args]
         with self.log_path.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
