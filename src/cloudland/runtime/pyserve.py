@@ -207,15 +207,30 @@ def _dummy_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     return [b"ok"]
 
 
-async def _stage(host: str, servers: int, wsgi: bool) -> None:
+def _dummy_config(host: str, wsgi: bool, *, lifespan: str) -> uvicorn.Config:
+    """The rehearsal's app (the dummy ASGI one, or the dummy WSGI one on SyncWSGI), loaded."""
     config = uvicorn.Config(SyncWSGI(_dummy_wsgi) if wsgi else _dummy, host=host, port=0,
-                            log_config=None, interface="asgi3", lifespan="on")
+                            log_config=None, interface="asgi3",
+                            lifespan=lifespan)  # type: ignore[arg-type]
     config.load()
-    running = []
-    for _ in range(servers):
+    return config
+
+
+def _listeners(host: str, count: int) -> list[socket.socket]:
+    """`count` listening sockets on free ports of `host`."""
+    out = []
+    for _ in range(count):
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         listener.bind((host, 0))
         listener.listen(8)
+        out.append(listener)
+    return out
+
+
+async def _stage(host: str, servers: int, wsgi: bool) -> None:
+    config = _dummy_config(host, wsgi, lifespan="on")
+    running = []
+    for listener in _listeners(host, servers):
         server = Server(config)
         task = asyncio.create_task(server.serve(sockets=[listener]))
         running.append((server, task, listener.getsockname()[1]))
@@ -284,14 +299,9 @@ async def _lean_poke(port: int, host: str) -> None:
 
 
 async def _lean_stage(host: str, servers: int, wsgi: bool, log_fd: int) -> None:
-    config = uvicorn.Config(SyncWSGI(_dummy_wsgi) if wsgi else _dummy, host=host, port=0,
-                            log_config=None, interface="asgi3", lifespan="off")
-    config.load()
+    config = _dummy_config(host, wsgi, lifespan="off")
     running = []
-    for _ in range(servers):
-        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        listener.bind((host, 0))
-        listener.listen(8)
+    for listener in _listeners(host, servers):
         server = leanhttp.Server(config.loaded_app)
         server.log_fd = log_fd
         task = asyncio.create_task(server.serve(listener, signals=False))
