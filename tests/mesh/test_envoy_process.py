@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -78,7 +80,7 @@ def with_bad_cluster(snapshot: Snapshot) -> Snapshot:
     """The same config with one cluster Envoy refuses (a negative connect_timeout)."""
     clusters = copy.deepcopy(snapshot.clusters)
     clusters[0]["connect_timeout"] = "-1s"
-    return Snapshot(listeners=copy.deepcopy(snapshot.listeners), clusters=clusters)
+    return dataclasses.replace(snapshot, clusters=clusters)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str,
@@ -159,12 +161,13 @@ def test_route_apply_reject_restart_stop(tmp_path: Path, upstreams: dict[str, Up
                 assert envoy.health()["version"] == green.version
                 for _ in range(5):
                     assert await answer(client, gateway) == "green"
-                assert green.version in (tmp_path / "envoy/xds/cds.json").read_text()
+                rds = json.loads((tmp_path / "envoy/xds/rds/gateway.json").read_text())
+                assert rds["version_info"] == {d.path: d.version
+                                               for d in green.documents()}["xds/rds/gateway.json"]
 
                 # An inconsistent snapshot is refused before Envoy ever sees it.
                 broken = copy.deepcopy(green.clusters)
-                assert await envoy.apply(Snapshot(listeners=green.listeners,
-                                                  clusters=broken[1:])) is False
+                assert await envoy.apply(dataclasses.replace(green, clusters=broken[1:])) is False
                 assert "does not exist" in (envoy.last_error or "")
 
                 # Killed: restarted from the last good files, traffic flows again.
@@ -217,7 +220,7 @@ def test_start_failure_names_the_log(tmp_path: Path, upstreams: dict[str, Upstre
         green = snapshot_to("green", upstreams, free_port())
         with pytest.raises(EnvoyError, match="does not exist"):
             await ManagedEnvoy(tmp_path / "never").start(
-                Snapshot(listeners=green.listeners, clusters=green.clusters[1:]))
+                dataclasses.replace(green, clusters=green.clusters[1:]))
 
     asyncio.run(scenario())
 

@@ -3,6 +3,7 @@ versions, consistency checks, missing backends and the published files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -17,18 +18,28 @@ A_EPS = ["127.0.0.1:9001", "127.0.0.1:9002"]
 
 
 def snap(routes: list[dict[str, Any]], services: list[dict[str, Any]],
-         access_log: str | None = None) -> Snapshot:
-    return render(routes, services, gateway_port=8080, admin_port=9901, access_log=access_log)
+         access_log: str | None = None, **settings: Any) -> Snapshot:
+    return render(routes, services, gateway_port=8080, admin_port=9901, access_log=access_log,
+                  **settings)
 
 
 def golden_view(snapshot: Snapshot) -> dict[str, Any]:
     return {"version": snapshot.version, "listeners": snapshot.listeners,
-            "clusters": snapshot.clusters}
+            "clusters": snapshot.clusters, "routes": snapshot.routes,
+            "endpoints": snapshot.endpoints}
 
 
 def vhosts(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
-    (config,) = snapshot.route_configs()
-    return {v["name"]: v for v in config["virtual_hosts"]}
+    """The gateway's virtual hosts by host name."""
+    (config,) = [c for c in snapshot.route_configs() if c["name"] == "gateway"]
+    return {v["domains"][0]: v for v in config["virtual_hosts"]}
+
+
+def ports(snapshot: Snapshot, cluster: str) -> list[int]:
+    """The endpoint ports of a cluster's assignment ([] when it has none)."""
+    (load,) = [e for e in snapshot.endpoints if e["cluster_name"] == cluster]
+    return [e["endpoint"]["address"]["socket_address"]["port_value"]
+            for group in load.get("endpoints", []) for e in group["lb_endpoints"]]
 
 
 # ---- the cases, shared with the Envoy validation test ---------------------------------
@@ -68,8 +79,35 @@ def case_regex() -> Snapshot:
     return snap([rt], [service("board", ["127.0.0.1:9401"])])
 
 
+def case_policies() -> Snapshot:
+    rt = route("shop", {"hosts": ["shop.example"], "rules": [{
+        "backends": [{"name": "shop"}],
+        "retries": {"attempts": 2, "backoff": {"base": "10ms", "max": "1s"},
+                    "budget": {"percent": 25, "minConcurrency": 2}},
+        "circuitBreaker": {"maxConnections": 10, "maxPendingRequests": 5, "maxRequests": 20},
+        "outlierDetection": {"consecutive5xx": 3, "interval": "1s", "baseEjectionTime": "5s"},
+        "rateLimit": {"requests": 50, "per": "1s", "burst": 100},
+        "headers": {"request": {"set": {"x-env": "prod"}, "remove": ["X-Debug"]},
+                    "response": {"add": {"x-served-by": "cloudland"}}},
+        "rewrite": {"pathPrefix": "/v2", "host": "shop.internal"},
+        "cors": {"allowOrigins": ["https://park.example", "*"], "allowHeaders": ["content-type"],
+                 "maxAge": "10m", "allowCredentials": True}}]})
+    return snap([rt], [service("shop", ["127.0.0.1:9501"])])
+
+
+def case_mesh_strict() -> Snapshot:
+    """Mesh addresses, a strict-mTLS Service, tracing to an OTLP collector."""
+    plain = service("cart", ["127.0.0.1:9601"])
+    plain["status"]["address"] = "127.0.0.1:7601"
+    strict = service("pay", ["127.0.0.1:9602"])
+    strict["spec"]["mtls"] = "strict"
+    strict["status"].update(address="127.0.0.1:7602", inbound="127.0.0.1:7702")
+    return snap([], [plain, strict], tls=True, otlp_endpoint="http://127.0.0.1:4318")
+
+
 CASES = {"service_only": case_service_only, "host_prefix_header": case_host_prefix_header,
-         "canary": case_canary, "retries_timeout": case_retries_timeout, "regex": case_regex}
+         "canary": case_canary, "retries_timeout": case_retries_timeout, "regex": case_regex,
+         "policies": case_policies, "mesh_strict": case_mesh_strict}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -84,14 +122,12 @@ def test_golden(name: str) -> None:
 def test_service_without_route_gets_internal_host_and_cluster() -> None:
     snapshot = case_service_only()
     (cluster,) = snapshot.clusters
-    assert cluster["name"] == "svc.default.api"
-    assert cluster["lb_policy"] == "LEAST_REQUEST"
-    ports = [e["endpoint"]["address"]["socket_address"]["port_value"]
-             for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
-    assert ports == [9001, 9002]
+    assert cluster["name"] == "svc_default_api"
+    assert cluster["lb_policy"] == "LEAST_REQUEST" and cluster["type"] == "EDS"
+    assert ports(snapshot, "svc_default_api") == [9001, 9002]
     (vhost,) = vhosts(snapshot).values()
     assert vhost["domains"] == ["api.default.svc.cloudland.local"]
-    assert vhost["routes"][0]["route"] == {"cluster": "svc.default.api"}
+    assert vhost["routes"][0]["route"] == {"cluster": "svc_default_api"}
 
 
 def test_matches_become_envoy_matchers() -> None:
@@ -109,12 +145,14 @@ def test_matches_become_envoy_matchers() -> None:
 def test_canary_weights_and_retry_policy() -> None:
     action = vhosts(case_canary())["*"]["routes"][0]["route"]
     assert action["weighted_clusters"]["clusters"] == [
-        {"name": "svc.default.shop-v1", "weight": 90},
-        {"name": "svc.default.shop-v2", "weight": 10}]
+        {"name": "svc_default_shop-v1", "weight": 90},
+        {"name": "svc_default_shop-v2", "weight": 10}]
     action = vhosts(case_retries_timeout())["pay.example"]["routes"][0]["route"]
     assert action["timeout"] == "90s"
-    assert action["retry_policy"] == {"retry_on": "5xx,connect-failure", "num_retries": 3,
-                                      "per_try_timeout": "0.25s"}
+    policy = action["retry_policy"]
+    assert (policy["retry_on"], policy["num_retries"], policy["per_try_timeout"]) == (
+        "5xx,connect-failure", 3, "0.25s")
+    assert policy["retry_back_off"] == {"base_interval": "0.025s", "max_interval": "0.25s"}
 
 
 def test_more_specific_matches_come_first() -> None:
@@ -196,10 +234,11 @@ def test_every_cluster_a_route_names_exists() -> None:
 
 def test_problems_catch_a_dangling_cluster_and_duplicate_names() -> None:
     good = case_canary()
-    broken = Snapshot(listeners=good.listeners + good.listeners, clusters=good.clusters[:1])
+    broken = dataclasses.replace(good, listeners=good.listeners + good.listeners,
+                                 clusters=good.clusters[:1])
     problems = broken.problems()
     assert any("duplicate listener name 'gateway'" in p for p in problems)
-    assert any("'svc.default.shop-v2', which does not exist" in p for p in problems)
+    assert any("'svc_default_shop-v2', which does not exist" in p for p in problems)
 
 
 # ---- missing backends -------------------------------------------------------------------
@@ -212,9 +251,8 @@ def test_missing_backends_render_empty_clusters_and_are_reported() -> None:
     services = [service("shop-v1", ["127.0.0.1:9101"]), service("cold", [])]
     snapshot = snap(routes, services)
     clusters = {c["name"]: c for c in snapshot.clusters}
-    assert "endpoints" not in clusters["svc.default.gone"]["load_assignment"]
-    assert "endpoints" not in clusters["svc.default.cold"]["load_assignment"]
-    assert "fn.default.resize" in clusters
+    assert "svc_default_gone" in clusters and "fn_default_resize" in clusters
+    assert ports(snapshot, "svc_default_gone") == ports(snapshot, "svc_default_cold") == []
     assert missing_backends(routes, services) == {"default/shop": [
         "Service default/gone does not exist",
         "Service default/cold has no ready endpoints",
@@ -238,23 +276,40 @@ def test_a_route_on_an_internal_name_precedes_the_builtin_fallback() -> None:
 
 # ---- publishing -------------------------------------------------------------------------
 
-def test_to_files_writes_discovery_responses_atomically(tmp_path: Path) -> None:
+def test_to_files_writes_one_document_per_subscription(tmp_path: Path) -> None:
     snapshot = case_canary()
-    snapshot.to_files(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cds.json", "lds.json"]  # no temp left
-    cds = json.loads((tmp_path / "cds.json").read_text())
-    lds = json.loads((tmp_path / "lds.json").read_text())
-    assert cds["version_info"] == lds["version_info"] == snapshot.version
+    written = snapshot.to_files(tmp_path)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["xds/cds.json", "xds/eds/svc_default_shop-v1.json",
+                     "xds/eds/svc_default_shop-v2.json", "xds/lds.json",
+                     "xds/rds/gateway.json"]  # and no temporary file left behind
+    assert [d.path for d in written][-1] == "xds/lds.json"  # listeners last
+    cds = json.loads((tmp_path / "xds/cds.json").read_text())
     assert {r["@type"] for r in cds["resources"]} == {
         "type.googleapis.com/envoy.config.cluster.v3.Cluster"}
+    lds = json.loads((tmp_path / "xds/lds.json").read_text())
     assert [r["name"] for r in lds["resources"]] == ["gateway"]
+    # Each document is versioned by its own content: an endpoint change touches one file.
+    services = [service("shop-v1", ["127.0.0.1:9101"]), service("shop-v2", ["127.0.0.1:9299"])]
+    changed = snap([route("shop", {"rules": [{"backends": [
+        {"name": "shop-v1", "weight": 90}, {"name": "shop-v2", "weight": 10}]}]})], services)
+    assert [d.path for d in changed.to_files(tmp_path, only_changed=True)] == [
+        "xds/eds/svc_default_shop-v2.json"]
+    assert changed.to_files(tmp_path, only_changed=True) == []
 
 
-def test_bootstrap_points_at_the_files_and_keeps_admin_on_loopback(tmp_path: Path) -> None:
-    boot = Snapshot.bootstrap(9901, tmp_path)
+def test_stale_files_are_removed(tmp_path: Path) -> None:
+    case_canary().to_files(tmp_path)
+    only = snap([], [service("shop-v1", ["127.0.0.1:9101"])])
+    only.to_files(tmp_path)
+    only.remove_stale_files(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "xds/eds").iterdir()) == ["svc_default_shop-v1.json"]
+
+
+def test_bootstrap_points_at_the_files_and_keeps_admin_on_loopback() -> None:
+    boot = Snapshot.bootstrap(9901)
     assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1",
                                                           "port_value": 9901}
     lds = boot["dynamic_resources"]["lds_config"]["path_config_source"]
-    assert lds == {"path": str(tmp_path.resolve() / "lds.json"),
-                   "watched_directory": {"path": str(tmp_path.resolve())}}
+    assert lds == {"path": "xds/lds.json", "watched_directory": {"path": "xds"}}
     assert boot["node"]["id"]

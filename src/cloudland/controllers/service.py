@@ -6,6 +6,11 @@ update (`rollout.plan`), restarts crashed instances once their back-off has
 passed, and writes status: counts, per-instance state, ready endpoints and
 revision history.  Instance events (exit, readiness change) just queue the
 Service's key again.
+
+Like a Kubernetes Service's cluster IP, each Service gets one stable mesh address
+(`status.address`: `spec.port`, or a port picked once and kept across restarts)
+where the gateway's Envoy listens for it; a Service with `mtls: strict` also gets
+`status.inbound`, the TLS listener that alone forwards to its instances.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class ServiceState:
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
     starting: set[asyncio.Task[None]] = field(default_factory=set)
     templates: set[str] = field(default_factory=set)  # zygote keys the driver keeps warm
+    address: int | None = None  # mesh port (status.address)
+    inbound: int | None = None  # strict mTLS listener port (status.inbound)
 
     def track(self, task: asyncio.Task[None], into: set[asyncio.Task[None]]) -> None:
         into.add(task)
@@ -50,18 +57,20 @@ def _now() -> str:
 
 def service_env(ctx: Context, namespace: str) -> dict[str, str]:
     """Kubernetes-style discovery variables for the Services of a namespace, read when
-    an instance starts: WEB_SERVICE_HOST/PORT (one ready endpoint) and WEB_ENDPOINTS
-    (all of them). The mesh (issue 4) will give each Service one stable address."""
+    an instance starts: WEB_SERVICE_HOST/PORT (the Service's stable mesh address,
+    through Envoy, so retries, timeouts and metrics apply), WEB_URL, and
+    WEB_ENDPOINTS (the instances ready right now, for clients that balance alone)."""
     env: dict[str, str] = {}
     items, _ = ctx.api.list("Service", namespace)
     for svc in items:
-        endpoints = (svc.get("status") or {}).get("endpoints") or []
-        if not endpoints:
-            continue
+        status = svc.get("status") or {}
         prefix = svc["metadata"]["name"].upper().replace("-", "_")
-        host, _, port = endpoints[0].rpartition(":")
-        env[f"{prefix}_SERVICE_HOST"], env[f"{prefix}_SERVICE_PORT"] = host, port
-        env[f"{prefix}_ENDPOINTS"] = ",".join(endpoints)
+        if status.get("address"):
+            host, _, port = status["address"].rpartition(":")
+            env[f"{prefix}_SERVICE_HOST"], env[f"{prefix}_SERVICE_PORT"] = host, port
+            env[f"{prefix}_URL"] = f"http://{status['address']}"
+        if status.get("endpoints"):
+            env[f"{prefix}_ENDPOINTS"] = ",".join(status["endpoints"])
     return env
 
 
@@ -84,6 +93,8 @@ class ServiceReconciler:
                 # Deleted right after a restart: find its instances before stopping them.
                 await self._adopt_once(key, ctx, state, obj, {})
             await self._stop_all(state)
+            self.runtime.ports.release(state.address)
+            self.runtime.ports.release(state.inbound)
             self.services.pop(key, None)
             if obj is not None:
                 ctx.remove_finalizer(obj, FINALIZER)
@@ -105,10 +116,40 @@ class ServiceReconciler:
             await self._converge(key, state, sup, spec, {**discovery, **env}, thash, revision)
             await self._forget_old_templates(state, sup, thash if spec.get("python") else None)
         status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
+        self._mesh_addresses(spec, state, status)
         ctx.write_status(obj, status)
         waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
                  if i.phase in ("CrashLoopBackOff", "Exited")]
         return Result(requeue_after=max(min(waits), 0.01)) if waits else None
+
+    def _mesh_addresses(self, spec: Object, state: ServiceState, status: Object) -> None:
+        """Keep the Service's mesh address (and strict inbound address) in status."""
+        ports = self.runtime.ports
+        state.address = self._stable_port(state.address, status.get("address"), spec.get("port"))
+        status["address"] = f"{ports.host}:{state.address}"
+        if spec.get("mtls") == "strict":
+            state.inbound = self._stable_port(state.inbound, status.get("inbound"), None)
+            status["inbound"] = f"{ports.host}:{state.inbound}"
+        else:
+            ports.release(state.inbound)
+            state.inbound = None
+            status.pop("inbound", None)
+
+    def _stable_port(self, held: int | None, recorded: str | None, wanted: int | None) -> int:
+        """`wanted` if given; else the port held or recorded in status (kept across
+        restarts of CloudLand); else a new one."""
+        ports = self.runtime.ports
+        if wanted is not None:
+            if held != wanted:
+                ports.release(held)
+            return int(wanted)
+        if held is not None:
+            return held
+        if recorded:
+            port = int(recorded.rpartition(":")[2])
+            ports.hold(port)
+            return port
+        return ports.allocate()
 
     def _supervision(self, key: Key, ctx: Context, state: ServiceState,
                      spec: Object) -> Supervision:

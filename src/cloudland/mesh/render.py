@@ -1,11 +1,22 @@
 """Pure rendering: Routes and Services (API JSON, with status) -> one Envoy `Snapshot`.
 
-This module owns how the model maps onto Envoy's v3 API: one HTTP gateway listener
-with the route table inline, one virtual host per host name, one static cluster per
-backend (`svc.<namespace>.<name>`) whose endpoints are the Service's ready
-`status.endpoints`, and a built-in host `NAME.NAMESPACE.svc.cloudland.local` for
-every Service. It reads nothing but its arguments, so the same model always renders
-the same snapshot (and version).
+This module owns how the model maps onto Envoy's v3 API:
+
+- the gateway listener (north-south) with the route config `gateway`: one virtual
+  host per Route host, plus `NAME.NAMESPACE.svc.cloudland.local` for every Service;
+- a mesh listener per Service on its stable address (`status.address`, east-west):
+  whatever a workload sends there goes to that Service, through the same routes
+  its internal host has (so Routes, retries and timeouts apply between services);
+- for a Service with `mtls: strict`, an inbound TLS listener on `status.inbound`
+  that requires a client certificate from the CloudLand CA; every path to such a
+  Service (gateway or mesh) reaches it through that listener over mutual TLS;
+- one EDS cluster per backend (`svc_<namespace>_<name>`) fed by the Service's ready
+  `status.endpoints`, and one per Route rule that sets circuit breaking, outlier
+  detection or a retry budget (those are cluster settings in Envoy).
+
+Names carry no dots so Envoy's stat tags (cut at the first dot) keep them whole.
+It reads nothing but its arguments, so the same model always renders the same
+snapshot (and version).
 
 Route precedence within a host follows Gateway API: exact paths first, then regular
 expressions, then prefixes longest first; ties go to the match with a method, then
@@ -14,10 +25,33 @@ more headers, then more query conditions, then to the Route's namespace/name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from cloudland.mesh.snapshot import HCM_TYPE, Snapshot
-from cloudland.model.kinds import BackendRef, RouteMatch, RouteRule, RouteSpec
+from cloudland.mesh.ca import WorkloadFiles, downstream_transport_socket, upstream_transport_socket
+from cloudland.mesh.snapshot import (
+    HCM_TYPE,
+    Snapshot,
+    canonical_json,
+    describe_match,
+    eds_source,
+    rds_source,
+    route_owner,
+)
+from cloudland.model.kinds import (
+    BackendRef,
+    CircuitBreaker,
+    Cors,
+    HeaderChanges,
+    OutlierDetection,
+    RateLimit,
+    Retries,
+    RouteMatch,
+    RouteRule,
+    RouteSpec,
+)
 from cloudland.model.meta import DEFAULT_NAMESPACE, parse_duration
 
 Json = dict[str, Any]
@@ -26,11 +60,26 @@ INTERNAL_DOMAIN = "svc.cloudland.local"
 LISTENER_NAME = "gateway"
 CONNECT_TIMEOUT = "1s"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+RATELIMIT_TYPE = ("type.googleapis.com/envoy.extensions.filters.http."
+                  "local_ratelimit.v3.LocalRateLimit")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+OTEL_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+OTLP_CLUSTER = "otlp_collector"
+# Certificates live beside the xDS files; the CA side (`mesh.ca`) writes them there.
+SDS_DIR = Path("xds/sds")
+MESH_IDENTITY = ("cloudland-system", "mesh")  # who this Envoy is when it calls a strict Service
+CORS_FILTER = "envoy.filters.http.cors"
+RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+          "runtime_key": "cloudland.local_rate_limit"}
 
 # One JSON object per request: what CloudLand's log collector and `cloudland routes` read.
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "time": "%START_TIME%",
+    "listener": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "method": "%REQ(:METHOD)%",
     "authority": "%REQ(:AUTHORITY)%",
     "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
@@ -44,11 +93,25 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "route": "%ROUTE_NAME%",
     "cluster": "%UPSTREAM_CLUSTER%",
     "upstream": "%UPSTREAM_HOST%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "traceparent": "%REQ(TRACEPARENT)%",
     "user_agent": "%REQ(USER-AGENT)%",
 }
 
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """What the rendering needs besides the model: where the gateway listens, where
+    access logs go, whether the CloudLand CA's secrets exist, where spans go."""
+
+    gateway_port: int
+    access_log: str | None = None
+    tls: bool = False  # SDS files for the CA and workload certificates are published
+    otlp_endpoint: str | None = None  # http://host:port of an OTLP/HTTP collector
+
+
+# ---- names -----------------------------------------------------------------------------
 
 def _key(obj: Json) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
@@ -56,8 +119,13 @@ def _key(obj: Json) -> tuple[str, str]:
 
 
 def cluster_name(kind: str, namespace: str, name: str) -> str:
-    """The Envoy cluster of a backend: 'svc.default.web', 'fn.default.resize'."""
-    return f"{'svc' if kind == 'Service' else 'fn'}.{namespace}.{name}"
+    """The Envoy cluster of a backend: 'svc_default_web', 'fn_default_resize'."""
+    return f"{'svc' if kind == 'Service' else 'fn'}_{namespace}_{name}"
+
+
+def local_cluster(namespace: str, name: str) -> str:
+    """The plain-text cluster behind a strict Service's inbound TLS listener."""
+    return f"local_{namespace}_{name}"
 
 
 def internal_host(namespace: str, name: str) -> str:
@@ -65,30 +133,104 @@ def internal_host(namespace: str, name: str) -> str:
     return f"{name}.{namespace}.{INTERNAL_DOMAIN}"
 
 
+def route_stat_prefix(namespace: str, name: str, rule: int) -> str:
+    return f"{namespace}.{name}.r{rule}"
+
+
+def _vhost_name(host: str) -> str:
+    return "any" if host == "*" else host.replace(".", "_").replace("*", "any")
+
+
 def duration(text: str) -> str:
     """A CloudLand duration ('1m30s', '250ms') as a protobuf JSON Duration ('90s', '0.25s')."""
-    seconds = f"{parse_duration(text):.9f}".rstrip("0").rstrip(".")
-    return f"{seconds}s"
+    return _seconds(parse_duration(text))
+
+
+def _seconds(value: float) -> str:
+    text = f"{value:.9f}".rstrip("0").rstrip(".")
+    return f"{text}s"
 
 
 def _backend(route_ns: str, ref: BackendRef) -> tuple[str, str, str]:
     return ref.kind, ref.namespace or route_ns, ref.name
 
 
-def _endpoint(address: str) -> Json:
+def _socket(address: str) -> Json:
     host, _, port = address.rpartition(":")
-    return {"endpoint": {"address": {"socket_address": {
-        "address": host.strip("[]"), "port_value": int(port)}}}}
+    return {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
 
 
-def _cluster(name: str, endpoints: list[str]) -> Json:
-    """A static cluster; with no endpoints Envoy answers 503 (no healthy upstream)."""
+# ---- clusters and endpoints ----------------------------------------------------------------
+
+def _assignment(name: str, endpoints: list[str]) -> Json:
+    """Endpoints of a cluster; with none, Envoy answers 503 (no healthy upstream)."""
     load: Json = {"cluster_name": name}
     if endpoints:
-        load["endpoints"] = [{"lb_endpoints": [_endpoint(a) for a in sorted(endpoints)]}]
-    return {"name": name, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT,
-            "lb_policy": "LEAST_REQUEST", "load_assignment": load}
+        load["endpoints"] = [{"lb_endpoints": [{"endpoint": {"address": _socket(a)}}
+                                               for a in sorted(endpoints)]}]
+    return load
 
+
+def workload_files(namespace: str, name: str) -> WorkloadFiles:
+    """Where a workload's certificate secrets are, relative to Envoy's working directory."""
+    return WorkloadFiles(SDS_DIR, f"{name}.{namespace}")
+
+
+def _cluster(name: str, assignment: str, *, tls_to: str | None = None) -> Json:
+    """An EDS cluster reading `assignment`'s endpoints; over mutual TLS when `tls_to`
+    names the strict Service it reaches."""
+    cluster: Json = {
+        "name": name, "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "LEAST_REQUEST",
+        "eds_cluster_config": {"service_name": assignment, "eds_config": eds_source(assignment)},
+        # Keep-alive to the instances; idle ones are closed before the apps' own timeouts.
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3."
+                                             "HttpProtocolOptions": {
+            "@type": HTTP_OPTIONS_TYPE, "common_http_protocol_options": {"idle_timeout": "50s"},
+            "explicit_http_config": {"http_protocol_options": {}}}},
+    }
+    if tls_to is not None:
+        cluster["transport_socket"] = upstream_transport_socket(
+            workload_files(*MESH_IDENTITY), tls_to)
+    return cluster
+
+
+def _thresholds(breaker: CircuitBreaker | None, retries: Retries | None) -> Json | None:
+    limits: Json = {}
+    if breaker is not None:
+        for field, key in (("maxConnections", "max_connections"),
+                           ("maxPendingRequests", "max_pending_requests"),
+                           ("maxRequests", "max_requests"), ("maxRetries", "max_retries")):
+            value = getattr(breaker, field)
+            if value is not None:
+                limits[key] = value
+    if retries is not None and retries.budget is not None:
+        limits["retry_budget"] = {
+            "budget_percent": {"value": retries.budget.percent},
+            "min_retry_concurrency": retries.budget.minConcurrency}
+    return {"thresholds": [limits]} if limits else None
+
+
+def _outlier(od: OutlierDetection) -> Json:
+    out: Json = {"consecutive_5xx": od.consecutive5xx, "interval": duration(od.interval),
+                 "base_ejection_time": duration(od.baseEjectionTime),
+                 "max_ejection_percent": od.maxEjectionPercent}
+    if od.consecutiveGatewayErrors is not None:
+        out["consecutive_gateway_failure"] = od.consecutiveGatewayErrors
+        out["enforcing_consecutive_gateway_failure"] = 100
+    return out
+
+
+def _needs_own_cluster(rule: RouteRule) -> bool:
+    return (rule.circuitBreaker is not None or rule.outlierDetection is not None
+            or (rule.retries is not None and rule.retries.budget is not None))
+
+
+def _rule_cluster(base: str, route_ns: str, route: str, index: int) -> str:
+    return f"{base}_rt_{route_ns}_{route}_r{index}"
+
+
+# ---- routes ------------------------------------------------------------------------------
 
 def _string_match(kind: str, value: str) -> Json:
     return {"safe_regex": {"regex": value}} if kind == "RegularExpression" else {"exact": value}
@@ -116,10 +258,38 @@ def _match(m: RouteMatch) -> Json:
     return out
 
 
-def _action(route_ns: str, rule: RouteRule) -> Json:
+def _retry_policy(retries: Retries) -> Json:
+    base = parse_duration(retries.backoff.base)
+    top = parse_duration(retries.backoff.max) if retries.backoff.max else 10 * base
+    policy: Json = {
+        "retry_on": ",".join(retries.on), "num_retries": retries.attempts,
+        "retry_back_off": {"base_interval": _seconds(base), "max_interval": _seconds(top)},
+        # Try another endpoint than the one that just failed, when there is one.
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions."
+                                                   "retry.host.previous_hosts.v3."
+                                                   "PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": "3",
+    }
+    if retries.perTryTimeout is not None:
+        policy["per_try_timeout"] = duration(retries.perTryTimeout)
+    return policy
+
+
+def _weighted(route_ns: str, route: str, index: int, rule: RouteRule) -> list[tuple[str, int]]:
+    own = _needs_own_cluster(rule)
+    found = []
+    for ref in rule.backends:
+        if ref.weight <= 0:
+            continue
+        base = cluster_name(*_backend(route_ns, ref))
+        found.append((_rule_cluster(base, route_ns, route, index) if own else base, ref.weight))
+    return sorted(found)
+
+
+def _action(route_ns: str, route: str, index: int, rule: RouteRule) -> Json:
     """Where a rule sends traffic: a RouteAction, or a fixed 503 if every weight is 0."""
-    weighted = sorted((cluster_name(*_backend(route_ns, b)), b.weight)
-                      for b in rule.backends if b.weight > 0)
+    weighted = _weighted(route_ns, route, index, rule)
     if not weighted:
         return {"direct_response": {"status": 503}}
     action: Json
@@ -131,12 +301,67 @@ def _action(route_ns: str, rule: RouteRule) -> Json:
     if rule.timeout is not None:
         action["timeout"] = duration(rule.timeout)
     if rule.retries is not None and rule.retries.attempts > 0:
-        retry: Json = {"retry_on": ",".join(rule.retries.on),
-                       "num_retries": rule.retries.attempts}
-        if rule.retries.perTryTimeout is not None:
-            retry["per_try_timeout"] = duration(rule.retries.perTryTimeout)
-        action["retry_policy"] = retry
+        action["retry_policy"] = _retry_policy(rule.retries)
+    if rule.rewrite is not None:
+        if rule.rewrite.pathPrefix is not None:
+            action["prefix_rewrite"] = rule.rewrite.pathPrefix
+        if rule.rewrite.host is not None:
+            action["host_rewrite_literal"] = rule.rewrite.host
     return {"route": action}
+
+
+def _header_options(changes: HeaderChanges) -> list[Json]:
+    return ([{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+             for k, v in sorted(changes.set.items())]
+            + [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+               for k, v in sorted(changes.add.items())])
+
+
+def _headers(rule: RouteRule) -> Json:
+    out: Json = {}
+    if rule.headers is None:
+        return out
+    for side, changes in (("request", rule.headers.request), ("response", rule.headers.response)):
+        if changes.set or changes.add:
+            out[f"{side}_headers_to_add"] = _header_options(changes)
+        if changes.remove:
+            out[f"{side}_headers_to_remove"] = sorted(h.lower() for h in changes.remove)
+    return out
+
+
+def _cors(cors: Cors) -> Json:
+    origins = [{"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o}
+               for o in cors.allowOrigins]
+    policy: Json = {"@type": CORS_POLICY_TYPE, "allow_origin_string_match": origins,
+                    "allow_methods": ",".join(cors.allowMethods),
+                    "allow_credentials": cors.allowCredentials}
+    if cors.allowHeaders:
+        policy["allow_headers"] = ",".join(cors.allowHeaders)
+    if cors.exposeHeaders:
+        policy["expose_headers"] = ",".join(cors.exposeHeaders)
+    if cors.maxAge is not None:
+        policy["max_age"] = str(int(parse_duration(cors.maxAge)))
+    return policy
+
+
+def _rate_limit(limit: RateLimit, stat_prefix: str) -> Json:
+    return {"@type": RATELIMIT_TYPE, "stat_prefix": stat_prefix.replace(".", "_"),
+            "token_bucket": {"max_tokens": limit.burst or limit.requests,
+                             "tokens_per_fill": limit.requests,
+                             "fill_interval": duration(limit.per)},
+            "filter_enabled": ALWAYS, "filter_enforced": ALWAYS,
+            "response_headers_to_add": [{"header": {"key": "x-cloudland-rate-limited",
+                                                    "value": "true"},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
+
+
+def _per_filter(rule: RouteRule, stat_prefix: str) -> Json:
+    per: Json = {}
+    if rule.cors is not None:
+        per[CORS_FILTER] = _cors(rule.cors)
+    if rule.rateLimit is not None:
+        per[RATELIMIT_FILTER] = _rate_limit(rule.rateLimit, stat_prefix)
+    return {"typed_per_filter_config": per} if per else {}
 
 
 def _precedence(m: RouteMatch) -> tuple[int, int, int, int, int]:
@@ -149,38 +374,49 @@ def _hosts(spec: RouteSpec) -> list[str]:
     return sorted({h.lower() for h in spec.hosts}) or ["*"]
 
 
-def _route_entries(routes: list[Json]) -> dict[str, list[tuple[Any, Json]]]:
+def _route_entries(routes: list[tuple[str, str, RouteSpec]]) -> dict[str, list[tuple[Any, Json]]]:
     """Host -> (sort key, Envoy route) for every match of every rule of every Route."""
     by_host: dict[str, list[tuple[Any, Json]]] = {}
-    for obj in routes:
-        ns, name = _key(obj)
-        spec = RouteSpec.model_validate(obj["spec"])
+    for ns, name, spec in routes:
         for r, rule in enumerate(spec.rules):
-            action = _action(ns, rule)
+            stat = route_stat_prefix(ns, name, r)
+            shared = {**_action(ns, name, r, rule), **_headers(rule), **_per_filter(rule, stat),
+                      "stat_prefix": stat}
             for i, m in enumerate(rule.matches):
-                entry = {"name": f"{ns}/{name}/rule{r}/match{i}", "match": _match(m), **action}
+                entry = {"name": f"{ns}/{name}/rule{r}/match{i}", "match": _match(m), **shared}
                 for host in _hosts(spec):
-                    by_host.setdefault(host, []).append(
-                        ((_precedence(m), ns, name, r, i), entry))
+                    by_host.setdefault(host, []).append(((_precedence(m), ns, name, r, i), entry))
     return by_host
 
 
-def _virtual_hosts(routes: list[Json], services: list[Json]) -> list[Json]:
-    by_host = _route_entries(routes)
-    fallbacks: dict[str, Json] = {}
-    for svc in services:
-        ns, name = _key(svc)
-        fallbacks[internal_host(ns, name)] = {
-            "name": f"svc:{ns}/{name}", "match": {"prefix": "/"},
+def _fallback(ns: str, name: str) -> Json:
+    """The built-in route of a Service's internal name (a Route on it takes precedence)."""
+    return {"name": f"svc:{ns}/{name}", "match": {"prefix": "/"},
             "route": {"cluster": cluster_name("Service", ns, name)}}
+
+
+def _virtual_hosts(by_host: dict[str, list[tuple[Any, Json]]], services: list[Json]) -> list[Json]:
+    fallbacks = {internal_host(*_key(s)): _fallback(*_key(s)) for s in services}
     vhosts = []
     for host in sorted(set(by_host) | set(fallbacks)):
         entries = [e for _, e in sorted(by_host.get(host, []), key=lambda pair: pair[0])]
         if host in fallbacks:
-            entries.append(fallbacks[host])  # a Route on the internal name takes precedence
-        vhosts.append({"name": host, "domains": [host], "routes": entries})
+            entries.append(fallbacks[host])
+        vhosts.append({"name": _vhost_name(host), "domains": [host], "routes": entries})
     return vhosts
 
+
+def _mesh_route_config(svc: Json, by_host: dict[str, list[tuple[Any, Json]]]) -> Json:
+    """What a workload reaches on a Service's mesh address: that Service's internal
+    host, whatever Host header the caller sent."""
+    ns, name = _key(svc)
+    entries = [e for _, e in sorted(by_host.get(internal_host(ns, name), []),
+                                    key=lambda pair: pair[0])]
+    return {"name": f"mesh_{ns}_{name}", "virtual_hosts": [{
+        "name": f"mesh_{ns}_{name}", "domains": ["*"], "routes": [*entries, _fallback(ns, name)]}]}
+
+
+# ---- listeners ---------------------------------------------------------------------------
 
 def _access_log(path: str) -> list[Json]:
     return [{"name": "envoy.access_loggers.file",
@@ -188,52 +424,166 @@ def _access_log(path: str) -> list[Json]:
                               "log_format": {"json_format": ACCESS_LOG_FORMAT}}}]
 
 
-def _listener(port: int, vhosts: list[Json], access_log: str | None) -> Json:
+def _tracing(settings: MeshSettings, service_name: str) -> Json:
+    return {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": OTEL_TYPE, "service_name": service_name,
+        "http_service": {"http_uri": {"uri": f"{settings.otlp_endpoint}/v1/traces",
+                                      "cluster": OTLP_CLUSTER, "timeout": "1s"}}}},
+        "random_sampling": {"value": 100}}
+
+
+def _hcm(stat_prefix: str, settings: MeshSettings, *, rds: str | None = None,
+         inline: Json | None = None) -> Json:
     hcm: Json = {
         "@type": HCM_TYPE,
-        "stat_prefix": LISTENER_NAME,
+        "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         # Hosts match with or without a port (web.default.svc.cloudland.local:8080).
         "strip_any_host_port": True,
-        "route_config": {"name": LISTENER_NAME, "virtual_hosts": vhosts},
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": ROUTER_TYPE}}],
+        "http_filters": [
+            {"name": CORS_FILTER, "typed_config": {"@type": CORS_TYPE}},
+            # Off unless a route's rule sets a rate limit (per-route config below).
+            {"name": RATELIMIT_FILTER, "typed_config": {"@type": RATELIMIT_TYPE,
+                                                        "stat_prefix": "rate_limit"}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+        ],
     }
-    if access_log:
-        hcm["access_log"] = _access_log(access_log)
-    return {
-        "name": LISTENER_NAME,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
-    }
+    if rds is not None:
+        hcm["rds"] = {"route_config_name": rds, "config_source": rds_source(rds)}
+    else:
+        hcm["route_config"] = inline
+    if settings.access_log:
+        hcm["access_log"] = _access_log(settings.access_log)
+    if settings.otlp_endpoint:
+        hcm["tracing"] = _tracing(settings, f"cloudland-{stat_prefix}")
+    return hcm
 
 
-def _service_endpoints(services: list[Json]) -> dict[tuple[str, str], list[str]]:
-    return {_key(s): list((s.get("status") or {}).get("endpoints") or []) for s in services}
+def _listener(name: str, address: str, hcm: Json, *, tls: Json | None = None) -> Json:
+    chain: Json = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                "typed_config": hcm}]}
+    if tls is not None:
+        chain["transport_socket"] = tls
+    return {"name": name, "address": _socket(address), "filter_chains": [chain],
+            # Bounded buffers per connection (Envoy's default is 1 MiB).
+            "per_connection_buffer_limit_bytes": 32768}
 
 
-def render(routes: list[Json], services: list[Json], *, gateway_port: int, admin_port: int,
-           access_log: str | None) -> Snapshot:
+def _status(svc: Json) -> Json:
+    return svc.get("status") or {}
+
+
+def _strict(svc: Json, settings: MeshSettings) -> bool:
+    """Strict mTLS is rendered once the Service has an inbound address and certs exist."""
+    return (settings.tls and (svc.get("spec") or {}).get("mtls") == "strict"
+            and bool(_status(svc).get("inbound")))
+
+
+def _otlp_cluster(endpoint: str) -> Json:
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {"name": OTLP_CLUSTER, "type": "STRICT_DNS", "connect_timeout": CONNECT_TIMEOUT,
+            "load_assignment": {"cluster_name": OTLP_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": url.hostname or "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+# ---- the whole --------------------------------------------------------------------------
+
+def _parsed_routes(routes: list[Json]) -> list[tuple[str, str, RouteSpec]]:
+    return [(*_key(obj), RouteSpec.model_validate(obj["spec"])) for obj in routes]
+
+
+def _service_clusters(services: list[Json], settings: MeshSettings,
+                      clusters: dict[str, Json], assignments: dict[str, Json]) -> None:
+    for svc in services:
+        ns, name = _key(svc)
+        base = cluster_name("Service", ns, name)
+        endpoints = list(_status(svc).get("endpoints") or [])
+        if _strict(svc, settings):
+            # Callers reach the inbound TLS listener; it alone reaches the instances.
+            local = local_cluster(ns, name)
+            clusters[local] = _cluster(local, local)
+            assignments[local] = _assignment(local, endpoints)
+            clusters[base] = _cluster(base, base, tls_to=internal_host(ns, name))
+            assignments[base] = _assignment(base, [_status(svc)["inbound"]] if endpoints else [])
+        else:
+            clusters[base] = _cluster(base, base)
+            assignments[base] = _assignment(base, endpoints)
+
+
+def _route_clusters(parsed: list[tuple[str, str, RouteSpec]], clusters: dict[str, Json],
+                    assignments: dict[str, Json]) -> None:
+    for ns, name, spec in parsed:
+        for r, rule in enumerate(spec.rules):
+            for ref in rule.backends:
+                base = cluster_name(*_backend(ns, ref))
+                if base not in clusters:  # a missing backend: no endpoints, Envoy says 503
+                    clusters[base] = _cluster(base, base)
+                    assignments[base] = _assignment(base, [])
+                if not _needs_own_cluster(rule):
+                    continue
+                own = {**clusters[base], "name": _rule_cluster(base, ns, name, r)}
+                breakers = _thresholds(rule.circuitBreaker, rule.retries)
+                if breakers:
+                    own["circuit_breakers"] = breakers
+                if rule.outlierDetection is not None:
+                    own["outlier_detection"] = _outlier(rule.outlierDetection)
+                clusters[own["name"]] = own
+
+
+def _listeners(services: list[Json], settings: MeshSettings,
+               by_host: dict[str, list[tuple[Any, Json]]]) -> tuple[list[Json], list[Json]]:
+    listeners = [_listener(LISTENER_NAME, f"127.0.0.1:{settings.gateway_port}",
+                           _hcm(LISTENER_NAME, settings, rds=LISTENER_NAME))]
+    configs = [{"name": LISTENER_NAME, "virtual_hosts": _virtual_hosts(by_host, services)}]
+    for svc in services:
+        ns, name = _key(svc)
+        address = _status(svc).get("address")
+        if address:
+            config = _mesh_route_config(svc, by_host)
+            configs.append(config)
+            listeners.append(_listener(config["name"], address,
+                                       _hcm(config["name"], settings, rds=config["name"])))
+        if _strict(svc, settings):
+            inline = {"name": f"in_{ns}_{name}", "virtual_hosts": [{
+                "name": f"in_{ns}_{name}", "domains": ["*"], "routes": [{
+                    "name": f"in:{ns}/{name}", "match": {"prefix": "/"},
+                    "route": {"cluster": local_cluster(ns, name)}}]}]}
+            listeners.append(_listener(f"in_{ns}_{name}", _status(svc)["inbound"],
+                                       _hcm(f"in_{ns}_{name}", settings, inline=inline),
+                                       tls=downstream_transport_socket(workload_files(ns, name))))
+    return listeners, configs
+
+
+def render(routes: list[Json], services: list[Json], *, gateway_port: int,
+           admin_port: int = 0, access_log: str | None = None, tls: bool = False,
+           otlp_endpoint: str | None = None) -> Snapshot:
     """The whole Envoy config for these Routes and Services (order does not matter).
 
     `admin_port` is not part of the dynamic config (it lives in the bootstrap, see
     `Snapshot.bootstrap`); it is accepted so callers pass one set of gateway settings.
     """
     del admin_port
-    endpoints = _service_endpoints(services)
-    clusters = {cluster_name("Service", ns, name): _cluster(cluster_name("Service", ns, name),
-                                                            eps)
-                for (ns, name), eps in endpoints.items()}
-    for obj in routes:
-        ns, _ = _key(obj)
-        for rule in RouteSpec.model_validate(obj["spec"]).rules:
-            for ref in rule.backends:
-                kind, bns, bname = _backend(ns, ref)
-                name = cluster_name(kind, bns, bname)
-                clusters.setdefault(name, _cluster(name, []))
-    listener = _listener(gateway_port, _virtual_hosts(routes, services), access_log)
-    return Snapshot(listeners=[listener], clusters=[clusters[n] for n in sorted(clusters)])
+    settings = MeshSettings(gateway_port, access_log, tls, otlp_endpoint)
+    parsed = _parsed_routes(routes)
+    clusters: dict[str, Json] = {}
+    assignments: dict[str, Json] = {}
+    _service_clusters(services, settings, clusters, assignments)
+    _route_clusters(parsed, clusters, assignments)
+    if otlp_endpoint:
+        clusters[OTLP_CLUSTER] = _otlp_cluster(otlp_endpoint)
+    listeners, configs = _listeners(services, settings, _route_entries(parsed))
+    return Snapshot(listeners=listeners, clusters=[clusters[n] for n in sorted(clusters)],
+                    routes=configs, endpoints=[assignments[n] for n in sorted(assignments)])
+
+
+def mesh_identities(services: list[Json]) -> list[tuple[str, str]]:
+    """(namespace, name) of every workload certificate the rendering of these Services
+    refers to: the mesh's own client certificate and each strict Service's. The CA side
+    keeps them issued and rotated under `SDS_DIR`."""
+    strict = sorted(_key(s) for s in services if (s.get("spec") or {}).get("mtls") == "strict")
+    return [MESH_IDENTITY, *strict]
 
 
 def missing_backends(routes: list[Json], services: list[Json]) -> dict[str, list[str]]:
@@ -242,12 +592,11 @@ def missing_backends(routes: list[Json], services: list[Json]) -> dict[str, list
     The Route controller turns these into a NotReady condition; the route itself is
     still rendered (its cluster has no endpoints, so Envoy answers 503).
     """
-    endpoints = _service_endpoints(services)
+    endpoints = {_key(s): _status(s).get("endpoints") or [] for s in services}
     found: dict[str, list[str]] = {}
-    for obj in sorted(routes, key=_key):
-        ns, name = _key(obj)
+    for ns, name, spec in sorted(_parsed_routes(routes), key=lambda t: (t[0], t[1])):
         reasons: list[str] = []
-        for rule in RouteSpec.model_validate(obj["spec"]).rules:
+        for rule in spec.rules:
             for ref in rule.backends:
                 kind, bns, bname = _backend(ns, ref)
                 if kind != "Service":
@@ -262,4 +611,29 @@ def missing_backends(routes: list[Json], services: list[Json]) -> dict[str, list
                     reasons.append(reason)
         if reasons:
             found[f"{ns}/{name}"] = reasons
+    return found
+
+
+def route_conflicts(route: Json, others: list[Json]) -> list[str]:
+    """Each host and match `route` claims that another Route already claims, in words.
+
+    Two Routes with the same host and the same match (path, method, headers, query)
+    leave Envoy to pick one silently; admission refuses the second instead.
+    """
+    ns, name = _key(route)
+    rivals = [o for o in others if _key(o) != (ns, name)]
+    by_host = _route_entries(_parsed_routes([route, *rivals]))
+    found: list[str] = []
+    for host in sorted(by_host):
+        claims: dict[str, str] = {}
+        for _, entry in by_host[host]:
+            owner = route_owner(entry["name"])
+            key = canonical_json(entry["match"])
+            first = claims.setdefault(key, owner)
+            if first != owner and f"{ns}/{name}" in (first, owner):
+                rival = first if owner == f"{ns}/{name}" else owner
+                message = (f"host '{host}' {describe_match(entry['match'])} is already "
+                           f"routed by Route {rival}")
+                if message not in found:
+                    found.append(message)
     return found

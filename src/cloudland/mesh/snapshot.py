@@ -1,10 +1,19 @@
 """One whole, versioned Envoy configuration and how it is published.
 
-A `Snapshot` owns the listeners and clusters Envoy runs, the content-hash version
-that names them, the consistency check done before publishing (`problems`), and
-the file-based xDS documents (`lds.json`, `cds.json`) plus the bootstrap that
-points Envoy at them. Files are replaced atomically (temp file + rename) and
-Envoy watches the directory, so it picks up each rename as one whole update.
+A `Snapshot` owns the listeners, clusters, route configurations and endpoint
+assignments Envoy runs, the content-hash version that names the whole, the
+consistency check done before publishing (`problems`), and the file-based xDS
+documents plus the bootstrap that points Envoy at them.
+
+Each kind of resource is its own subscription with its own file, so a change
+touches only what changed: an endpoint becoming ready rewrites one EDS file, a
+Route edit one RDS file, and neither replaces a listener (which would drain its
+connections). Envoy's file subscriptions take exactly one RouteConfiguration or
+ClusterLoadAssignment per file, hence one file per route config and per cluster.
+Every document carries the hash of its own content as its version, and Envoy
+reports the version it holds per subscription (`<stat prefix>.version_text`),
+which is how an apply is confirmed. Paths are relative to Envoy's working
+directory (the run directory), so the rendering does not depend on where it lives.
 """
 
 from __future__ import annotations
@@ -19,11 +28,18 @@ from typing import Any
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINTS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
             "http_connection_manager.v3.HttpConnectionManager")
+XDS_DIR = "xds"
 LDS_FILE = "lds.json"
 CDS_FILE = "cds.json"
+RDS_DIR = "rds"
+EDS_DIR = "eds"
 NODE_ID = "cloudland"
+
+Json = dict[str, Any]
 
 
 def canonical_json(value: Any) -> str:
@@ -31,28 +47,69 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def content_version(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
 def route_owner(route_name: str) -> str:
     """'default/web/rule0/match1' -> 'default/web' (the Route that rendered it)."""
     return "/".join(route_name.split("/")[:2])
 
 
+def config_source(relative: str) -> Json:
+    """A file subscription: Envoy watches the file's directory and rereads it on rename."""
+    directory = os.path.dirname(relative) or "."
+    return {"resource_api_version": "V3",
+            "path_config_source": {"path": relative, "watched_directory": {"path": directory}}}
+
+
+def rds_source(name: str) -> Json:
+    return config_source(f"{XDS_DIR}/{RDS_DIR}/{name}.json")
+
+
+def eds_source(cluster: str) -> Json:
+    return config_source(f"{XDS_DIR}/{EDS_DIR}/{cluster}.json")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One xDS file: its path under the run directory, resources, and where Envoy
+    reports the version it took (`<stat_prefix>.version_text`, `.update_rejected`)."""
+
+    path: str
+    type_url: str
+    resources: list[Json]
+    stat_prefix: str
+
+    @property
+    def version(self) -> str:
+        return content_version(self.resources)
+
+    def body(self) -> Json:
+        return {"version_info": self.version,
+                "resources": [{"@type": self.type_url, **r} for r in self.resources]}
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """The whole dynamic config: listeners and clusters, named by a content hash."""
+    """The whole dynamic config, named by a content hash of all of it."""
 
-    listeners: list[dict[str, Any]]
-    clusters: list[dict[str, Any]]
+    listeners: list[Json]
+    clusters: list[Json]
+    routes: list[Json] = field(default_factory=list)     # RouteConfigurations (RDS)
+    endpoints: list[Json] = field(default_factory=list)  # ClusterLoadAssignments (EDS)
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        body = canonical_json({"listeners": self.listeners, "clusters": self.clusters})
-        object.__setattr__(self, "version", hashlib.sha256(body.encode()).hexdigest()[:16])
+        object.__setattr__(self, "version", content_version(
+            {"listeners": self.listeners, "clusters": self.clusters,
+             "routes": self.routes, "endpoints": self.endpoints}))
 
     # ---- consistency -----------------------------------------------------------------
 
-    def route_configs(self) -> list[dict[str, Any]]:
-        """Every inline route configuration of every HTTP connection manager."""
-        configs = []
+    def route_configs(self) -> list[Json]:
+        """Every route configuration: the RDS ones and any inline in a listener."""
+        configs = list(self.routes)
         for listener in self.listeners:
             for chain in listener.get("filter_chains", []):
                 for flt in chain.get("filters", []):
@@ -74,10 +131,21 @@ class Snapshot:
                         names.add(weighted["name"])
         return names
 
+    def referenced_route_configs(self) -> set[str]:
+        names: set[str] = set()
+        for listener in self.listeners:
+            for chain in listener.get("filter_chains", []):
+                for flt in chain.get("filters", []):
+                    rds = flt.get("typed_config", {}).get("rds")
+                    if rds:
+                        names.add(rds["route_config_name"])
+        return names
+
     def problems(self) -> list[str]:
         """What makes this snapshot unfit to publish, as messages for a human; [] if fit."""
         found: list[str] = []
-        for kind, items in (("listener", self.listeners), ("cluster", self.clusters)):
+        for kind, items in (("listener", self.listeners), ("cluster", self.clusters),
+                            ("route config", self.routes)):
             seen: set[str] = set()
             for item in items:
                 if item["name"] in seen:
@@ -86,6 +154,13 @@ class Snapshot:
         clusters = {c["name"] for c in self.clusters}
         for missing in sorted(self.referenced_clusters() - clusters):
             found.append(f"a route sends traffic to cluster '{missing}', which does not exist")
+        for missing in sorted(self.referenced_route_configs() - {r["name"] for r in self.routes}):
+            found.append(f"a listener uses route config '{missing}', which does not exist")
+        assigned = {e["cluster_name"] for e in self.endpoints}
+        for cluster in self.clusters:
+            wanted = (cluster.get("eds_cluster_config") or {}).get("service_name")
+            if cluster.get("type") == "EDS" and wanted not in assigned:
+                found.append(f"cluster '{cluster['name']}' has no endpoint assignment")
         found.extend(self._conflicts())
         return found
 
@@ -109,46 +184,88 @@ class Snapshot:
 
     # ---- publishing -----------------------------------------------------------------
 
-    def documents(self) -> dict[str, dict[str, Any]]:
-        """File name -> xDS DiscoveryResponse, as Envoy's file subscriptions read them."""
-        return {
-            CDS_FILE: {"version_info": self.version,
-                       "resources": [{"@type": CLUSTER_TYPE, **c} for c in self.clusters]},
-            LDS_FILE: {"version_info": self.version,
-                       "resources": [{"@type": LISTENER_TYPE, **lst} for lst in self.listeners]},
-        }
+    def documents(self) -> list[Document]:
+        """Every xDS file, in the order to publish them: what is referenced comes before
+        what references it (endpoints, clusters, routes, listeners), so no update ever
+        names something Envoy does not have yet."""
+        docs = [Document(f"{XDS_DIR}/{EDS_DIR}/{e['cluster_name']}.json", ENDPOINTS_TYPE, [e],
+                         f"cluster.{e['cluster_name']}") for e in self.endpoints]
+        docs.append(Document(f"{XDS_DIR}/{CDS_FILE}", CLUSTER_TYPE, self.clusters,
+                             "cluster_manager.cds"))
+        docs += [Document(f"{XDS_DIR}/{RDS_DIR}/{r['name']}.json", ROUTE_TYPE, [r],
+                          f"http.{self._rds_stat_prefix(r['name'])}.rds.{r['name']}")
+                 for r in self.routes]
+        docs.append(Document(f"{XDS_DIR}/{LDS_FILE}", LISTENER_TYPE, self.listeners,
+                             "listener_manager.lds"))
+        return docs
 
-    def to_files(self, directory: str | Path) -> None:
-        """Write cds.json then lds.json, each atomically, into `directory`.
+    def _rds_stat_prefix(self, route_config: str) -> str:
+        """The stat prefix of the HCM that subscribes to a route config (each route
+        config has one listener of its own: Envoy reports a shared subscription under
+        whichever HCM created it)."""
+        for listener in self.listeners:
+            for chain in listener.get("filter_chains", []):
+                for flt in chain.get("filters", []):
+                    typed = flt.get("typed_config", {})
+                    if (typed.get("rds") or {}).get("route_config_name") == route_config:
+                        return str(typed["stat_prefix"])
+        return "unused"
 
-        Clusters go first so that a listener never arrives before the clusters its
-        routes name (they would answer 503 until then).
-        """
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        for name, document in self.documents().items():
-            write_atomic(target / name, json.dumps(document, indent=1, sort_keys=True))
+    def to_files(self, run_dir: str | Path, *, only_changed: bool = False) -> list[Document]:
+        """Write the documents under `run_dir`, each atomically; returns those written.
+
+        With `only_changed`, a file whose version already matches is left alone, so
+        Envoy rereads only what changed. Files of resources no longer in the snapshot
+        are removed afterwards (Envoy stops watching them once the listener or cluster
+        that used them is gone)."""
+        root = Path(run_dir)
+        written = []
+        for doc in self.documents():
+            path = root / doc.path
+            if only_changed and file_version(path) == doc.version:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(doc.body(), indent=1, sort_keys=True), sync=False)
+            written.append(doc)
+        return written
+
+    def remove_stale_files(self, run_dir: str | Path) -> None:
+        keep = {doc.path for doc in self.documents()}
+        root = Path(run_dir)
+        for sub in (RDS_DIR, EDS_DIR):
+            for path in (root / XDS_DIR / sub).glob("*.json"):
+                if str(path.relative_to(root)) not in keep:
+                    path.unlink(missing_ok=True)
 
     @staticmethod
-    def bootstrap(admin_port: int, directory: str | Path) -> dict[str, Any]:
-        """Envoy's bootstrap: LDS/CDS from the files in `directory`, admin on loopback."""
-        where = Path(directory).resolve()
-
-        def source(file: str) -> dict[str, Any]:
-            return {"resource_api_version": "V3",
-                    "path_config_source": {"path": str(where / file),
-                                           "watched_directory": {"path": str(where)}}}
-
-        return {
+    def bootstrap(admin_port: int, *, stats_tags: bool = True) -> Json:
+        """Envoy's bootstrap: LDS/CDS from files under its working directory, admin on
+        loopback only."""
+        boot: Json = {
             "node": {"id": NODE_ID, "cluster": NODE_ID},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1",
                                                      "port_value": admin_port}}},
-            "dynamic_resources": {"lds_config": source(LDS_FILE),
-                                  "cds_config": source(CDS_FILE)},
+            "dynamic_resources": {"lds_config": config_source(f"{XDS_DIR}/{LDS_FILE}"),
+                                  "cds_config": config_source(f"{XDS_DIR}/{CDS_FILE}")},
         }
+        if stats_tags:
+            # Envoy's built-in tag for a cluster stops at the first dot; ours have none,
+            # but route stat prefixes do ("default.web.r0"): keep the whole prefix as
+            # the route's tag so /metrics has one series per Route rule.
+            boot["stats_config"] = {"stats_tags": [
+                {"tag_name": "cloudland_route",
+                 "regex": r"^vhost\.[^.]+\.route\.(([^.]+\.[^.]+\.r\d+)\.)"}]}
+        return boot
 
 
-def describe_match(match: dict[str, Any]) -> str:
+def file_version(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_bytes()).get("version_info"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def describe_match(match: Json) -> str:
     """An Envoy route match in words, for messages: "path prefix '/api' GET"."""
     if "path" in match:
         text = f"path '{match['path']}'"
@@ -160,14 +277,18 @@ def describe_match(match: dict[str, Any]) -> str:
     return text + (f" (with the same {extra} header/query conditions)" if extra else "")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never half."""
+def write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half.
+
+    `sync=False` skips the fsync for files that are derived state (xDS documents are
+    rendered again from the store after a crash), which keeps applies fast."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

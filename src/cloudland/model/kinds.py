@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cloudland.model.meta import Duration, Name, ObjectMeta, Status, Strict
+from cloudland.model.regex import check_re2
 from cloudland.model.workload import Autoscale, EnvVar, Probe, Strategy, Workload
 
 # ---- Service -------------------------------------------------------------------
@@ -81,22 +81,24 @@ class PathMatch(Strict):
     value: str = "/"
 
     @model_validator(mode="after")
-    def _regex(self) -> PathMatch:
+    def _path(self) -> PathMatch:
         if self.type == "RegularExpression":
-            try:
-                re.compile(self.value)
-            except re.error as exc:
-                raise ValueError(
-                    f"invalid regular expression at position {exc.pos}: {exc.msg}") from None
+            check_re2(self.value)
         elif not self.value.startswith("/"):
             raise ValueError(f"path '{self.value}' must start with '/'")
         return self
 
 
 class HeaderMatch(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
     value: str
     type: Literal["Exact", "RegularExpression"] = "Exact"
+
+    @model_validator(mode="after")
+    def _regex(self) -> HeaderMatch:
+        if self.type == "RegularExpression":
+            check_re2(self.value)
+        return self
 
 
 class RouteMatch(Strict):
@@ -117,10 +119,83 @@ RetryOn = Literal["5xx", "reset", "connect-failure", "retriable-4xx", "gateway-e
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("5xx", "reset", "connect-failure")
 
 
+class RetryBackoff(Strict):
+    """Jittered exponential back-off between attempts (Envoy: retry_back_off)."""
+
+    base: Duration = "25ms"
+    max: Duration | None = None  # default: 10 x base
+
+
+class RetryBudget(Strict):
+    """At most `percent` of active requests may be retries, with a floor (Envoy: retry_budget)."""
+
+    percent: float = Field(20.0, gt=0, le=100)
+    minConcurrency: int = Field(3, ge=0)
+
+
 class Retries(Strict):
     attempts: int = Field(2, ge=0, le=10)
     on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     perTryTimeout: Duration | None = None
+    backoff: RetryBackoff = Field(default_factory=RetryBackoff)
+    budget: RetryBudget | None = None
+
+
+class CircuitBreaker(Strict):
+    """Limits per backend; past them Envoy fails fast with 503 (flag UO) instead of queueing."""
+
+    maxConnections: int | None = Field(None, ge=1)
+    maxPendingRequests: int | None = Field(None, ge=1)
+    maxRequests: int | None = Field(None, ge=1)
+    maxRetries: int | None = Field(None, ge=0)
+
+
+class OutlierDetection(Strict):
+    """Eject an endpoint that keeps failing, for a while (Envoy: outlier_detection)."""
+
+    consecutive5xx: int = Field(5, ge=1)
+    consecutiveGatewayErrors: int | None = Field(None, ge=1)
+    interval: Duration = "10s"
+    baseEjectionTime: Duration = "30s"
+    maxEjectionPercent: int = Field(50, ge=0, le=100)
+
+
+class RateLimit(Strict):
+    """A token bucket in front of the rule: `requests` per `per`, bursts up to `burst`.
+
+    Local to this gateway (one machine); over the limit the answer is 429.
+    """
+
+    requests: int = Field(ge=1)
+    per: Duration = "1s"
+    burst: int | None = Field(None, ge=1)  # default: requests
+
+
+class HeaderChanges(Strict):
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class HeaderRewrites(Strict):
+    request: HeaderChanges = Field(default_factory=HeaderChanges)
+    response: HeaderChanges = Field(default_factory=HeaderChanges)
+
+
+class Rewrite(Strict):
+    """Rewrite the request before it reaches the backend (Gateway API URLRewrite)."""
+
+    pathPrefix: str | None = Field(None, pattern=r"^/")
+    host: str | None = Field(None, min_length=1)
+
+
+class Cors(Strict):
+    allowOrigins: list[str] = Field(min_length=1)  # exact origins, or "*"
+    allowMethods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allowHeaders: list[str] = Field(default_factory=list)
+    exposeHeaders: list[str] = Field(default_factory=list)
+    maxAge: Duration | None = None
+    allowCredentials: bool = False
 
 
 class RouteRule(Strict):
@@ -128,6 +203,12 @@ class RouteRule(Strict):
     backends: list[BackendRef] = Field(min_length=1)
     timeout: Duration | None = None
     retries: Retries | None = None
+    circuitBreaker: CircuitBreaker | None = None
+    outlierDetection: OutlierDetection | None = None
+    rateLimit: RateLimit | None = None
+    headers: HeaderRewrites | None = None
+    rewrite: Rewrite | None = None
+    cors: Cors | None = None
 
 
 class RouteSpec(Strict):
