@@ -127,7 +127,7 @@ def test_service_without_route_gets_internal_host_and_cluster() -> None:
     assert ports(snapshot, "svc_default_api") == [9001, 9002]
     (vhost,) = vhosts(snapshot).values()
     assert vhost["domains"] == ["api.default.svc.cloudland.local"]
-    assert vhost["routes"][0]["route"] == {"cluster": "svc_default_api"}
+    assert vhost["routes"][0]["route"]["cluster"] == "svc_default_api"
 
 
 def test_matches_become_envoy_matchers() -> None:

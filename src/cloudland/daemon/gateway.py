@@ -16,15 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from cloudland.api.service import Change, ResourceService
-from cloudland.errors import Invalid
+from cloudland.errors import CloudLandError, Invalid
 from cloudland.mesh import render, route_conflicts
+from cloudland.mesh.ca import (
+    CertificateAuthority,
+    rotate_if_needed,
+    service_dns_names,
+    workload_identity,
+)
 from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.render import SDS_DIR, mesh_identities
 from cloudland.mesh.snapshot import Snapshot
 from cloudland.runtime.ports import port_in_use
 
 log = logging.getLogger("cloudland.gateway")
 Object = dict[str, Any]
 COALESCE = 0.01  # seconds: a burst of status writes becomes one render
+ROTATION_CHECK = 600.0  # seconds between checks that certificates are not due
 
 
 def route_admission(service: ResourceService) -> Callable[[str, Object, Object | None], None]:
@@ -47,17 +55,32 @@ def route_admission(service: ResourceService) -> Callable[[str, Object, Object |
     return admit
 
 
+def _mesh_fingerprint(svc: Object) -> tuple[Any, ...]:
+    """What of a Service the rendering reads: a status write that changes none of it
+    (instance counts, restarts, conditions) needs no new Envoy config."""
+    status = svc.get("status") or {}
+    return (tuple(status.get("endpoints") or ()), status.get("address"), status.get("inbound"),
+            (svc.get("spec") or {}).get("mtls"))
+
+
 class Gateway:
+    """Envoy as the gateway and mesh, following the Routes and Services in the store."""
+
     def __init__(self, service: ResourceService, run_dir: Path, *, port: int,
-                 host: str = "127.0.0.1", access_log: Path | None = None) -> None:
+                 host: str = "127.0.0.1", access_log: Path | None = None,
+                 ca_dir: Path | None = None, otlp_endpoint: str | None = None) -> None:
         self.service = service
         self.host = host
         self.port = port or free_port(host)
         self.access_log = access_log
+        self.otlp_endpoint = otlp_endpoint
         self.envoy = ManagedEnvoy(run_dir)
+        self.certificates = Certificates(ca_dir, run_dir) if ca_dir is not None else None
         self.problem: str | None = None
+        self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._rotation: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
 
     @staticmethod
@@ -75,29 +98,44 @@ class Gateway:
         await self.envoy.start(self._render())
         self._unsubscribe = self.service.subscribe(self._on_change)
         self._task = asyncio.create_task(self._follow(), name="gateway")
+        if self.certificates is not None:
+            self._rotation = asyncio.create_task(self._rotate(), name="mesh-certificates")
         log.info("gateway listening on %s (Envoy %s)", self.url, self.envoy.envoy_version or "")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._rotation):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.envoy.stop()
 
     def health(self) -> dict[str, Any]:
         envoy = self.envoy.health()
         out: dict[str, Any] = {"healthy": bool(envoy.get("running")) and not self.problem,
                                "url": self.url, "pid": envoy.get("pid"),
+                               "admin": envoy.get("admin"),
                                "version": envoy.get("version"), "restarts": envoy.get("restarts")}
         if self.problem or envoy.get("last_error"):
             out["error"] = self.problem or envoy.get("last_error")
         return out
 
     def _on_change(self, change: Change) -> None:
-        if change.kind in ("Route", "Service"):
+        if change.kind == "Route":
             self._dirty.set()
+        elif change.kind == "Service":
+            meta = change.object["metadata"]
+            key = (meta["namespace"], meta["name"])
+            if change.type == "DELETED":
+                self._seen.pop(key, None)
+                self._dirty.set()
+                return
+            fingerprint = _mesh_fingerprint(change.object)
+            if self._seen.get(key) != fingerprint:
+                self._seen[key] = fingerprint
+                self._dirty.set()
 
     async def _follow(self) -> None:
         while True:
@@ -115,9 +153,52 @@ class Gateway:
             except Exception as exc:  # Envoy restarting, or refused: keep the last good one
                 log.warning("gateway config not applied: %s", exc)
 
+    async def _rotate(self) -> None:
+        """Reissue workload certificates before they expire (Envoy follows the files)."""
+        while True:
+            await asyncio.sleep(ROTATION_CHECK)
+            assert self.certificates is not None
+            services, _ = self.service.list("Service")
+            await asyncio.to_thread(self.certificates.keep, mesh_identities(services))
+
     def _render(self) -> Snapshot:
         routes, _ = self.service.list("Route")
         services, _ = self.service.list("Service")
+        tls = False
+        if self.certificates is not None:
+            tls = self.certificates.keep(mesh_identities(services))
         return render(routes, services, gateway_port=self.port,
                       admin_port=self.envoy.admin_port,
-                      access_log=str(self.access_log) if self.access_log else None)
+                      access_log=str(self.access_log) if self.access_log else None,
+                      tls=tls, otlp_endpoint=self.otlp_endpoint)
+
+
+class Certificates:
+    """The CloudLand CA and the workload certificates the mesh config refers to.
+
+    Certificates are written where the rendered config expects them (`SDS_DIR` under
+    Envoy's run directory). `keep` issues what is missing and rotates what is due;
+    it is cheap when nothing is (one file read per identity)."""
+
+    def __init__(self, ca_dir: Path, run_dir: Path) -> None:
+        self.ca_dir = ca_dir
+        self.sds_dir = Path(run_dir) / SDS_DIR
+        self.error: str | None = None
+        self._ca: CertificateAuthority | None = None
+        self._kept: set[tuple[str, str]] = set()
+
+    def keep(self, identities: list[tuple[str, str]]) -> bool:
+        """True when every identity has a valid certificate on disk."""
+        try:
+            if self._ca is None:
+                self._ca = CertificateAuthority.load_or_create(self.ca_dir)
+            for namespace, name in identities:
+                rotate_if_needed(self._ca, self.sds_dir, workload_identity(namespace, name),
+                                 dns_names=service_dns_names(namespace, name))
+            self._kept = set(identities)
+            self.error = None
+            return True
+        except (CloudLandError, OSError, ValueError) as exc:
+            self.error = f"mesh certificates unavailable: {exc}"
+            log.error("%s", self.error)
+            return False

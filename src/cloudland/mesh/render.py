@@ -59,6 +59,7 @@ Json = dict[str, Any]
 INTERNAL_DOMAIN = "svc.cloudland.local"
 LISTENER_NAME = "gateway"
 CONNECT_TIMEOUT = "1s"
+IDLE = "4s"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
@@ -75,6 +76,11 @@ CORS_FILTER = "envoy.filters.http.cors"
 RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
           "runtime_key": "cloudland.local_rate_limit"}
+
+# Without a retry policy of their own, routes retry only what never reached the app
+# (refused connections, a reset before the request was sent): safe for any method.
+SAFE_RETRY: Json = {"retry_on": "connect-failure,refused-stream,reset-before-request",
+                    "num_retries": 2}
 
 # One JSON object per request: what CloudLand's log collector and `cloudland routes` read.
 ACCESS_LOG_FORMAT: dict[str, str] = {
@@ -183,10 +189,11 @@ def _cluster(name: str, assignment: str, *, tls_to: str | None = None) -> Json:
         "name": name, "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
         "lb_policy": "LEAST_REQUEST",
         "eds_cluster_config": {"service_name": assignment, "eds_config": eds_source(assignment)},
-        # Keep-alive to the instances; idle ones are closed before the apps' own timeouts.
+        # Keep-alive to the instances; idle ones are closed before the apps close them
+        # (CloudLand's servers and uvicorn after 5 s), or a request could meet the close.
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3."
                                              "HttpProtocolOptions": {
-            "@type": HTTP_OPTIONS_TYPE, "common_http_protocol_options": {"idle_timeout": "50s"},
+            "@type": HTTP_OPTIONS_TYPE, "common_http_protocol_options": {"idle_timeout": IDLE},
             "explicit_http_config": {"http_protocol_options": {}}}},
     }
     if tls_to is not None:
@@ -300,7 +307,9 @@ def _action(route_ns: str, route: str, index: int, rule: RouteRule) -> Json:
                                                      for n, w in weighted]}}
     if rule.timeout is not None:
         action["timeout"] = duration(rule.timeout)
-    if rule.retries is not None and rule.retries.attempts > 0:
+    if rule.retries is None:
+        action["retry_policy"] = SAFE_RETRY
+    elif rule.retries.attempts > 0:
         action["retry_policy"] = _retry_policy(rule.retries)
     if rule.rewrite is not None:
         if rule.rewrite.pathPrefix is not None:
@@ -392,7 +401,7 @@ def _route_entries(routes: list[tuple[str, str, RouteSpec]]) -> dict[str, list[t
 def _fallback(ns: str, name: str) -> Json:
     """The built-in route of a Service's internal name (a Route on it takes precedence)."""
     return {"name": f"svc:{ns}/{name}", "match": {"prefix": "/"},
-            "route": {"cluster": cluster_name("Service", ns, name)}}
+            "route": {"cluster": cluster_name("Service", ns, name), "retry_policy": SAFE_RETRY}}
 
 
 def _virtual_hosts(by_host: dict[str, list[tuple[Any, Json]]], services: list[Json]) -> list[Json]:
