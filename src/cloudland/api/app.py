@@ -166,6 +166,24 @@ class ResourceHandlers:
              "namespaced": True} for i in KINDS.values()]})
 
 
+# More metrics in Prometheus text format (the gateway's Envoy stats), appended to ours.
+MetricsSource = Callable[[], Awaitable[str]]
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def own_metrics(service: ResourceService) -> str:
+    """CloudLand's own series: build info and how many objects of each kind are stored."""
+    from cloudland import __version__
+
+    lines = ["# HELP cloudland_build_info CloudLand version.", "# TYPE cloudland_build_info gauge",
+             f'cloudland_build_info{{version="{__version__}"}} 1',
+             "# HELP cloudland_resources Objects stored, by kind.",
+             "# TYPE cloudland_resources gauge"]
+    counts = service.store.counts()
+    lines += [f'cloudland_resources{{kind="{kind}"}} {counts.get(kind, 0)}' for kind in KINDS]
+    return "\n".join(lines) + "\n"
+
+
 def create_app(
     service: ResourceService,
     *,
@@ -174,6 +192,7 @@ def create_app(
     body_limit: int = DEFAULT_BODY_LIMIT,
     usage: UsageProvider | None = None,
     log_root: Path | None = None,
+    metrics: MetricsSource | None = None,
 ) -> Starlette:
     authenticate = auth or TokenAuth(None)
     h = ResourceHandlers(service, body_limit)
@@ -198,6 +217,10 @@ def create_app(
 
         return JSON({"version": __version__})
 
+    async def prometheus(_: Request) -> Response:
+        text = own_metrics(service) + (await metrics() if metrics else "")
+        return Response(text, media_type=PROMETHEUS_TYPE)
+
     async def openapi(_: Request) -> Response:
         return JSON(build_openapi())
 
@@ -220,7 +243,8 @@ def create_app(
         (one + "/status", h.replace_status, ["PUT"]),
     ]
     routes = [Route("/healthz", healthz), Route("/readyz", readyz),
-              Route("/version", version), Route("/openapi.json", openapi)]
+              Route("/version", version), Route("/openapi.json", openapi),
+              Route("/metrics", guarded(prometheus))]
     routes += [Route(path, guarded(fn), methods=methods)
                for path, fn, methods in resource_routes]
     routes += workload_routes(service, usage, guard=guarded, log_root=log_root)

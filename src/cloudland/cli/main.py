@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from cloudland import __version__
-from cloudland.cli import demo, lifecycle, resources, stacks, workloads
+from cloudland.cli import demo, lifecycle, mesh, resources, stacks, workloads
 from cloudland.cli import run as run_command
 from cloudland.cli.output import fail
 from cloudland.errors import CloudLandError
@@ -55,6 +55,7 @@ demo.register(app)
 stacks.register(app)
 resources.register(app)
 workloads.register(app)
+mesh.register(app)
 run_command.register(app)
 
 

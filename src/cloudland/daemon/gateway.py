@@ -32,6 +32,8 @@ from cloudland.runtime.ports import port_in_use
 log = logging.getLogger("cloudland.gateway")
 Object = dict[str, Any]
 COALESCE = 0.01  # seconds: a burst of status writes becomes one render
+# Per-Service clusters, per-route (vhost.*.route.*) and per-listener (http.*) series.
+METRICS_FILTER = r"^(cluster\.(svc|fn|local)_|vhost\.|http\.(gateway|mesh_|in_))"
 ROTATION_CHECK = 600.0  # seconds between checks that certificates are not due
 
 
@@ -116,11 +118,18 @@ class Gateway:
         envoy = self.envoy.health()
         out: dict[str, Any] = {"healthy": bool(envoy.get("running")) and not self.problem,
                                "url": self.url, "pid": envoy.get("pid"),
-                               "admin": envoy.get("admin"),
-                               "version": envoy.get("version"), "restarts": envoy.get("restarts")}
-        if self.problem or envoy.get("last_error"):
-            out["error"] = self.problem or envoy.get("last_error")
+                               "admin": envoy.get("admin"), "version": envoy.get("envoy"),
+                               "config": envoy.get("version"), "restarts": envoy.get("restarts")}
+        problem = self.problem or envoy.get("last_error") or (
+            self.certificates.error if self.certificates else None)
+        if problem:
+            out["error"] = problem
         return out
+
+    async def metrics(self) -> str:
+        """Envoy's request counts, errors and latency histograms per route, Service and
+        listener, in Prometheus text (only series that have seen traffic)."""
+        return await self.envoy.prometheus(METRICS_FILTER)
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "Route":

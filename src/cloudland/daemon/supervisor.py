@@ -106,7 +106,8 @@ class Supervisor:
         reconcilers = default_reconcilers(runtimes.runtime)
         manager = Manager(service, reconcilers)
         app = create_app(service, health=lambda: self.health(manager, runtimes),
-                         usage=proc_usage(service), log_root=runtimes.runtime.log_root)
+                         usage=proc_usage(service), log_root=runtimes.runtime.log_root,
+                         metrics=self._gateway_metrics)
         sock = bind(self.api_host, self.api_port)
         host, port = sock.getsockname()[:2]
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
@@ -157,6 +158,9 @@ class Supervisor:
             sock.close()
             store.close()
             log.info("stopped")
+
+    async def _gateway_metrics(self) -> str:
+        return await self.gateway.metrics() if self.gateway is not None else ""
 
     async def _start_gateway(self, service: ResourceService) -> Gateway | None:
         """Envoy as the gateway; CloudLand runs on without it if it cannot start."""

@@ -349,6 +349,17 @@ class ManagedEnvoy:
 
     # ---- admin --------------------------------------------------------------------
 
+    async def prometheus(self, stats_filter: str) -> str:
+        """Envoy's stats matching `stats_filter`, in Prometheus text; '' if not running."""
+        if self._client is None or self.pid is None:
+            return ""
+        try:
+            resp = await self._client.get("/stats/prometheus",
+                                          params={"usedonly": "", "filter": stats_filter})
+        except httpx.HTTPError:
+            return ""
+        return resp.text if resp.status_code == 200 else ""
+
     async def counters(self, docs: list[Document]) -> dict[str, str]:
         """Each document's subscription: its rejected-update counter and version text."""
         assert self._client is not None

@@ -140,7 +140,8 @@ def internal_host(namespace: str, name: str) -> str:
 
 
 def route_stat_prefix(namespace: str, name: str, rule: int) -> str:
-    return f"{namespace}.{name}.r{rule}"
+    """Per-rule stats (`vhost.<host>.route.default_web_r0.*`; Envoy tags it envoy_route)."""
+    return f"{namespace}_{name}_r{rule}"
 
 
 def _vhost_name(host: str) -> str:

@@ -154,6 +154,11 @@ class Store:
             items = [o for o in items if selector(o["metadata"].get("labels") or {})]
         return items, self._revision
 
+    def counts(self) -> dict[str, int]:
+        """How many objects of each kind are stored (kinds with none are absent)."""
+        rows = self._db.execute("SELECT kind, COUNT(*) FROM resources GROUP BY kind")
+        return {str(kind): int(n) for kind, n in rows}
+
     def changes_since(self, rv: int) -> builtins.list[Change]:
         """Every change after revision `rv`; Gone if some were compacted away."""
         if rv < self._meta("compacted"):
