@@ -32,6 +32,7 @@ log = logging.getLogger("cloudland.services")
 FINALIZER = "cloudland.io/instances"
 START_CONCURRENCY = 64
 COALESCE = 0.05
+ADDRESS_WAIT = 0.02  # seconds: look again for other Services' first mesh address
 
 
 @dataclass
@@ -55,23 +56,31 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def service_env(ctx: Context, namespace: str) -> dict[str, str]:
+def service_env(ctx: Context, namespace: str, own: str) -> tuple[dict[str, str], list[str]]:
     """Kubernetes-style discovery variables for the Services of a namespace, read when
     an instance starts: WEB_SERVICE_HOST/PORT (the Service's stable mesh address,
     through Envoy, so retries, timeouts and metrics apply), WEB_URL, and
-    WEB_ENDPOINTS (the instances ready right now, for clients that balance alone)."""
+    WEB_ENDPOINTS (the instances ready right now, for clients that balance alone).
+
+    Also the names of other Services that have no mesh address yet: each gets one on
+    its first reconcile, so an instance waits for those instead of starting without
+    their variables (applied together, a caller would otherwise race its callee)."""
     env: dict[str, str] = {}
+    waiting: list[str] = []
     items, _ = ctx.api.list("Service", namespace)
     for svc in items:
         status = svc.get("status") or {}
-        prefix = svc["metadata"]["name"].upper().replace("-", "_")
+        name = svc["metadata"]["name"]
+        prefix = name.upper().replace("-", "_")
         if status.get("address"):
             host, _, port = status["address"].rpartition(":")
             env[f"{prefix}_SERVICE_HOST"], env[f"{prefix}_SERVICE_PORT"] = host, port
             env[f"{prefix}_URL"] = f"http://{status['address']}"
+        elif name != own and not svc["metadata"].get("deletionTimestamp"):
+            waiting.append(name)
         if status.get("endpoints"):
             env[f"{prefix}_ENDPOINTS"] = ",".join(status["endpoints"])
-    return env
+    return env, waiting
 
 
 class ServiceReconciler:
@@ -100,6 +109,11 @@ class ServiceReconciler:
                 ctx.remove_finalizer(obj, FINALIZER)
             return None
         obj = ctx.add_finalizer(obj, FINALIZER)
+        # The mesh address first: other Services' instances wait for it (service_env),
+        # and nothing below (a missing runtime, say) may keep it from being published.
+        status = dict(obj.get("status") or {})
+        self._mesh_addresses(obj["spec"], state, status)
+        obj = ctx.write_status(obj, status)
         spec, generation = obj["spec"], obj["metadata"]["generation"]
         env, problems = resolve_env(ctx, key.namespace, spec.get("env", []), "spec.env")
         thash = rollout.template_hash(spec, env)
@@ -109,10 +123,10 @@ class ServiceReconciler:
         # Adopt even with missing config: the status written below must keep the
         # handles of instances a previous CloudLand started.
         await self._adopt_once(key, ctx, state, obj, env)
-        if not problems:  # running instances keep running until their config is back
+        discovery, waiting = service_env(ctx, key.namespace, key.name)
+        if not problems and not waiting:  # instances keep running until config is back
             sup = self._supervision(key, ctx, state, spec)
             self._reap(state)
-            discovery = service_env(ctx, key.namespace)
             await self._converge(key, state, sup, spec, {**discovery, **env}, thash, revision)
             await self._forget_old_templates(state, sup, thash if spec.get("python") else None)
         status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
@@ -120,6 +134,8 @@ class ServiceReconciler:
         ctx.write_status(obj, status)
         waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
                  if i.phase in ("CrashLoopBackOff", "Exited")]
+        if waiting:
+            waits.append(ADDRESS_WAIT)
         return Result(requeue_after=max(min(waits), 0.01)) if waits else None
 
     def _mesh_addresses(self, spec: Object, state: ServiceState, status: Object) -> None:

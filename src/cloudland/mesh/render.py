@@ -270,7 +270,7 @@ def _retry_policy(retries: Retries) -> Json:
     base = parse_duration(retries.backoff.base)
     top = parse_duration(retries.backoff.max) if retries.backoff.max else 10 * base
     policy: Json = {
-        "retry_on": ",".join(retries.on), "num_retries": retries.attempts,
+        "retry_on": ",".join(retries.retryOn), "num_retries": retries.attempts,
         "retry_back_off": {"base_interval": _seconds(base), "max_interval": _seconds(top)},
         # Try another endpoint than the one that just failed, when there is one.
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",

@@ -135,7 +135,7 @@ class RetryBudget(Strict):
 
 class Retries(Strict):
     attempts: int = Field(2, ge=0, le=10)
-    on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+    retryOn: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     perTryTimeout: Duration | None = None
     backoff: RetryBackoff = Field(default_factory=RetryBackoff)
     budget: RetryBudget | None = None
