@@ -103,14 +103,16 @@ def run_cli(*args: str, input: str | None = None,
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
-def start_cloudland(home: Path, *extra: str) -> Running:
-    """Start `cloudland up` as a real process in its own process group."""
+def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None) -> Running:
+    """Start `cloudland up` as a real process in its own process group (`env` adds to
+    this process's environment)."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "test-daemon.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudland", "up", "--home", str(home), "--api-port", "0",
          *extra],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     log.close()
     running = Running(home, proc)

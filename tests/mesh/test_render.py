@@ -68,7 +68,8 @@ def case_retries_timeout() -> Snapshot:
         "matches": [{"path": {"type": "Exact", "value": "/charge"}, "method": "POST",
                      "queryParams": [{"name": "mode", "value": "live"}]}],
         "backends": [{"name": "pay"}], "timeout": "1m30s",
-        "retries": {"attempts": 3, "retryOn": ["5xx", "connect-failure"], "perTryTimeout": "250ms"}}]})
+        "retries": {"attempts": 3, "retryOn": ["5xx", "connect-failure"],
+                    "perTryTimeout": "250ms"}}]})
     return snap([rt], [service("pay", ["127.0.0.1:9301"])], access_log="/tmp/access.log")
 
 
