@@ -23,11 +23,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import api, apply, daemon, services, watch
+from bench import api, apply, daemon, gateway, gateway_control, services, watch
 from bench.harness import ROOT, Row, failed
 from bench.harness import daemon as start_daemon
 
-SUITES = ("daemon", "api", "watch", "apply", "services")
+SUITES = ("daemon", "api", "watch", "apply", "services", "routing", "gateway")
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -103,6 +103,10 @@ def run(only: list[str], console: Console) -> list[Row]:
         _guard("apply", rows, apply_suite, console)
     if "services" in selected:  # its own daemon: 500 replicas, healing, a rollout
         _guard("services", rows, services.measure, console)
+    if "routing" in selected:  # its own daemon: Route changes and endpoints reaching Envoy
+        _guard("routing", rows, gateway_control.measure, console)
+    if "gateway" in selected:  # last: wrk saturates both cores for ~85 s
+        _guard("gateway", rows, gateway.measure, console)
     return rows
 
 

@@ -133,7 +133,7 @@ def test_service_without_route_gets_internal_host_and_cluster() -> None:
 
 def test_matches_become_envoy_matchers() -> None:
     match = vhosts(case_host_prefix_header())["park.example"]["routes"][0]["match"]
-    assert match == {"prefix": "/rides",
+    assert match == {"path_separated_prefix": "/rides",
                      "headers": [{"name": "x-park", "string_match": {"exact": "north"}}]}
     match = vhosts(case_retries_timeout())["pay.example"]["routes"][0]["match"]
     assert match["path"] == "/charge"

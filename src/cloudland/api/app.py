@@ -193,6 +193,7 @@ def create_app(
     usage: UsageProvider | None = None,
     log_root: Path | None = None,
     metrics: MetricsSource | None = None,
+    gateway_logs: Path | None = None,
 ) -> Starlette:
     authenticate = auth or TokenAuth(None)
     h = ResourceHandlers(service, body_limit)
@@ -247,7 +248,8 @@ def create_app(
               Route("/metrics", guarded(prometheus))]
     routes += [Route(path, guarded(fn), methods=methods)
                for path, fn, methods in resource_routes]
-    routes += workload_routes(service, usage, guard=guarded, log_root=log_root)
+    routes += workload_routes(service, usage, guard=guarded, log_root=log_root,
+                              gateway_logs=gateway_logs)
     return Starlette(routes=routes, exception_handlers={
         CloudLandError: _cloudland_error, HTTPException: _http_error, Exception: _unexpected})
 

@@ -197,6 +197,36 @@ async def log_stream(service: ResourceService, kind: str, namespace: str, name: 
         await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
+async def dir_log_stream(log_dir: Path, query: LogQuery,
+                         source: str) -> AsyncIterator[bytes]:
+    """One log directory not tied to a Service (the gateway's access log): its backlog,
+    then, with `follow`, new lines until the client goes away."""
+    lines: asyncio.Queue[tuple[Run, logs.LogLine]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+    run = Run(source, 0, log_dir)
+
+    async def pump() -> None:
+        async for line in logs.follow(log_dir):
+            if line.stream in query.streams:
+                await lines.put((run, line))
+
+    task = asyncio.create_task(pump(), name=f"follow {source}") if query.follow else None
+    await asyncio.sleep(0)
+    since = None if query.since is None else time.time() - query.since
+    try:
+        if query.tail != 0:
+            backlog = await asyncio.to_thread(logs.read_lines, log_dir, since, query.tail,
+                                              query.streams)
+            for start in range(0, len(backlog), BATCH):
+                yield _records(run, backlog[start:start + BATCH])
+        while task is not None:
+            async for chunk in _drain(lines, time.monotonic() + RESYNC):
+                yield chunk
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def _drain(lines: asyncio.Queue[tuple[Run, logs.LogLine]],
                  deadline: float) -> AsyncIterator[bytes]:
     """Followed lines as they come until `deadline`, a run's lines batched together."""
@@ -282,9 +312,19 @@ def _uptime() -> float:
 
 def workload_routes(service: ResourceService, usage: UsageProvider | None, *,
                     guard: Callable[[Endpoint], Endpoint] = lambda e: e,
-                    log_root: Path | None = None) -> list[Route]:
+                    log_root: Path | None = None,
+                    gateway_logs: Path | None = None) -> list[Route]:
     """The routes of this module.  `guard` wraps each endpoint (authentication);
-    with `log_root`, log directories outside it are refused."""
+    with `log_root`, log directories outside it are refused. `gateway_logs` is the
+    directory of the gateway's access log (JSON lines on its stdout stream)."""
+
+    async def gateway_log(request: Request) -> Response:
+        if gateway_logs is None:
+            raise Unavailable("this CloudLand runs no gateway, so there is no access log",
+                              hint="cloudland status says why the gateway is not running")
+        query = LogQuery.parse(request)
+        return StreamingResponse(dir_log_stream(gateway_logs, query, "gateway"),
+                                 media_type="application/x-ndjson")
 
     def endpoints(kind: str) -> tuple[Endpoint, Endpoint]:
         async def log(request: Request) -> Response:
@@ -310,6 +350,7 @@ def workload_routes(service: ResourceService, usage: UsageProvider | None, *,
         base = f"{PREFIX}/namespaces/{{namespace}}/{plural}/{{name}}"
         routes += [Route(base + "/log", guard(log), methods=["GET"]),
                    Route(base + "/top", guard(top), methods=["GET"])]
+    routes.append(Route(f"{PREFIX}/gateway/log", guard(gateway_log), methods=["GET"]))
     return routes
 
 

@@ -8,6 +8,8 @@ controller's verdict (do its backends exist and can the gateway serve them).
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -16,11 +18,13 @@ from rich.text import Text
 from cloudland.cli.columns import say
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, table
-from cloudland.model.meta import DEFAULT_NAMESPACE
+from cloudland.cli.workloads import stream_records
+from cloudland.model.meta import DEFAULT_NAMESPACE, check_duration, parse_duration
 
 Object = dict[str, Any]
 PANEL = "Gateway and mesh"
 INTERNAL_DOMAIN = "svc.cloudland.local"
+PREFIX = "/apis/cloudland/v1"
 
 mesh_app = typer.Typer(help="The service mesh: Envoy, mesh addresses, mTLS.",
                        no_args_is_help=True)
@@ -136,6 +140,54 @@ def service_rows(services: list[Object]) -> list[Object]:
                      "inbound": status.get("inbound"),
                      "readyEndpoints": len(status.get("endpoints") or [])})
     return rows
+
+
+def access_line(record: Object) -> str:
+    """One access-log record as a line: time, status, method, host, path, duration, upstream."""
+    try:
+        entry = json.loads(record.get("line") or "")
+    except ValueError:
+        return str(record.get("line", ""))
+    if not isinstance(entry, dict):
+        return str(record.get("line", ""))
+    flags = entry.get("flags")
+    return " ".join(str(part) for part in (
+        entry.get("time"), entry.get("status"), entry.get("method"), entry.get("authority"),
+        entry.get("path"), f"{entry.get('duration_ms')}ms", entry.get("upstream") or "-",
+        *([flags] if flags not in (None, "-") else [])))
+
+
+@mesh_app.command("logs")
+def mesh_logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing new requests (Ctrl-C stops).")
+                      ] = False,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Only requests in this window, e.g. 5m.", show_default=False)] = None,
+    tail: Annotated[int | None, typer.Option("--tail", min=0, help="Only the last N requests.",
+                                             show_default=False)] = None,
+    raw: Annotated[bool, typer.Option("--json", help="Print Envoy's JSON records as they are.")
+                   ] = False,
+    home: HomeOption = None,
+) -> None:
+    """The gateway's access log: one line per request through Envoy (gateway and mesh)."""
+    wanted = {"follow": "true" if follow else None, "tail": tail, "stream": "stdout",
+              "since": None if since is None else parse_duration(check_duration(since))}
+    params = {k: str(v) for k, v in wanted.items() if v is not None}
+    printed = 0
+    with client_for(home) as client:
+        try:
+            for record in stream_records(client, f"{PREFIX}/gateway/log", params):
+                sys.stdout.write((str(record.get("line", "")) if raw else access_line(record))
+                                 + "\n")
+                printed += 1
+                if follow:
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            return
+    sys.stdout.flush()
+    if not printed:
+        say("No requests through the gateway yet.", stderr=True)
 
 
 @mesh_app.command("status")

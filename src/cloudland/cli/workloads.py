@@ -142,9 +142,14 @@ def _stamp(when: Any) -> str:
 def stream_logs(client: Client, namespace: str, name: str,
                 params: dict[str, str]) -> Iterator[Object]:
     """The NDJSON records of a Service's `/log`, as they arrive."""
+    return stream_records(client, _sub(namespace, name, "log"), params)
+
+
+def stream_records(client: Client, path: str, params: dict[str, str]) -> Iterator[Object]:
+    """The NDJSON records of a log endpoint, as they arrive."""
     read = None if params.get("follow") == "true" else 60.0
     try:
-        with client._http.stream("GET", _sub(namespace, name, "log"), params=params,
+        with client._http.stream("GET", path, params=params,
                                  timeout=httpx.Timeout(30.0, read=read)) as response:
             if not response.is_success:
                 response.read()

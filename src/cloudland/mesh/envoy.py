@@ -46,6 +46,7 @@ from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atom
 
 BOOTSTRAP_FILE = "bootstrap.json"
 LOG_FILE = "envoy.log"
+READY_POLL = 0.005  # seconds between looks at a starting Envoy
 BASE_ID_FILE = "base-id"
 
 
@@ -255,7 +256,6 @@ class ManagedEnvoy:
         assert proc is not None and client is not None
         deadline = self._clock() + self.ready_timeout
         bootstrap = str(self.run_dir / BOOTSTRAP_FILE)
-        delay = 0.01
         while True:
             if proc.returncode is not None:
                 raise EnvoyError(f"Envoy exited with {proc.returncode} while starting; "
@@ -280,9 +280,10 @@ class ManagedEnvoy:
             if self._clock() > deadline:
                 raise EnvoyError(f"Envoy not LIVE after {self.ready_timeout}s; last lines of "
                                  f"{self.log_path}:\n{log_tail(self.log_path)}")
+            # A short, fixed poll: Envoy is LIVE ~50 ms after exec, and a doubling delay
+            # would notice it up to 100 ms late.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), delay)
-            delay = min(delay * 2, 0.1)
+                await asyncio.wait_for(proc.wait(), READY_POLL)
 
     async def _terminate(self) -> None:
         proc = self._proc

@@ -48,6 +48,7 @@ from cloudland.model.kinds import (
     OutlierDetection,
     RateLimit,
     Retries,
+    Rewrite,
     RouteMatch,
     RouteRule,
     RouteSpec,
@@ -252,8 +253,12 @@ def _match(m: RouteMatch) -> Json:
         out = {"path": path.value}
     elif path.type == "RegularExpression":
         out = {"safe_regex": {"regex": path.value}}
+    elif _segments(path.value) == "/":
+        out = {"prefix": "/"}
     else:
-        out = {"prefix": path.value}
+        # Gateway API's PathPrefix matches whole segments: /api is /api and /api/...,
+        # never /apix (Envoy's plain `prefix` would take it).
+        out = {"path_separated_prefix": _segments(path.value)}
     headers = [{"name": ":method", "string_match": {"exact": m.method}}] if m.method else []
     headers += [{"name": h.name.lower(), "string_match": _string_match(h.type, h.value)}
                 for h in sorted(m.headers, key=lambda h: (h.name.lower(), h.value))]
@@ -312,12 +317,31 @@ def _action(route_ns: str, route: str, index: int, rule: RouteRule) -> Json:
         action["retry_policy"] = SAFE_RETRY
     elif rule.retries.attempts > 0:
         action["retry_policy"] = _retry_policy(rule.retries)
-    if rule.rewrite is not None:
-        if rule.rewrite.pathPrefix is not None:
-            action["prefix_rewrite"] = rule.rewrite.pathPrefix
-        if rule.rewrite.host is not None:
-            action["host_rewrite_literal"] = rule.rewrite.host
+    if rule.rewrite is not None and rule.rewrite.host is not None:
+        action["host_rewrite_literal"] = rule.rewrite.host
     return {"route": action}
+
+
+def re2_escape(text: str) -> str:
+    """`text` as an RE2 literal."""
+    return "".join(f"\\{c}" if not (c.isalnum() or c in "/_-") else c for c in text)
+
+
+def _segments(prefix: str) -> str:
+    """A path prefix without trailing slashes ('/' stays '/')."""
+    return prefix.rstrip("/") or "/"
+
+
+def _path_rewrite(m: RouteMatch, rewrite: Rewrite | None) -> Json:
+    """Gateway API's ReplacePrefixMatch: the matched segments become the new prefix
+    (/api/x with /api -> /v2 is /v2/x; with / it is /x), for Exact and PathPrefix."""
+    if rewrite is None or rewrite.pathPrefix is None or m.path.type == "RegularExpression":
+        return {}
+    matched, target = _segments(m.path.value), _segments(rewrite.pathPrefix)
+    if target == "/" and matched != "/":  # a plain prefix swap would leave '//x'
+        return {"regex_rewrite": {"pattern": {"regex": f"^{re2_escape(matched)}/*"},
+                                  "substitution": "/"}}
+    return {"prefix_rewrite": target}
 
 
 def _header_options(changes: HeaderChanges) -> list[Json]:
@@ -376,7 +400,7 @@ def _per_filter(rule: RouteRule, stat_prefix: str) -> Json:
 
 def _precedence(m: RouteMatch) -> tuple[int, int, int, int, int]:
     rank = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}[m.path.type]
-    length = -len(m.path.value) if m.path.type == "PathPrefix" else 0
+    length = -len(_segments(m.path.value)) if m.path.type == "PathPrefix" else 0
     return rank, length, 0 if m.method else 1, -len(m.headers), -len(m.queryParams)
 
 
@@ -394,6 +418,8 @@ def _route_entries(routes: list[tuple[str, str, RouteSpec]]) -> dict[str, list[t
                       "stat_prefix": stat}
             for i, m in enumerate(rule.matches):
                 entry = {"name": f"{ns}/{name}/rule{r}/match{i}", "match": _match(m), **shared}
+                if "route" in entry:
+                    entry["route"] = {**entry["route"], **_path_rewrite(m, rule.rewrite)}
                 for host in _hosts(spec):
                     by_host.setdefault(host, []).append(((_precedence(m), ns, name, r, i), entry))
     return by_host
@@ -442,26 +468,40 @@ def _tracing(settings: MeshSettings, service_name: str) -> Json:
         "random_sampling": {"value": 100}}
 
 
-def _hcm(stat_prefix: str, settings: MeshSettings, *, rds: str | None = None,
-         inline: Json | None = None) -> Json:
+def _filters_used(config: Json) -> set[str]:
+    """The HTTP filters some route of a route config has per-route settings for."""
+    return {name for vhost in config.get("virtual_hosts", []) for route in vhost["routes"]
+            for name in route.get("typed_per_filter_config", {})}
+
+
+def _http_filters(used: set[str]) -> list[Json]:
+    """Only the filters some route uses, then the router: each filter in the chain costs
+    every request (measured: CORS and rate limit together ~2 µs of ~40 µs)."""
+    filters = []
+    if CORS_FILTER in used:
+        filters.append({"name": CORS_FILTER, "typed_config": {"@type": CORS_TYPE}})
+    if RATELIMIT_FILTER in used:  # the buckets are per route (typed_per_filter_config)
+        filters.append({"name": RATELIMIT_FILTER, "typed_config": {
+            "@type": RATELIMIT_TYPE, "stat_prefix": "rate_limit"}})
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}})
+    return filters
+
+
+def _hcm(stat_prefix: str, settings: MeshSettings, config: Json, *, rds: bool) -> Json:
+    """An HTTP connection manager serving `config`, from RDS or inline."""
     hcm: Json = {
         "@type": HCM_TYPE,
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         # Hosts match with or without a port (web.default.svc.cloudland.local:8080).
         "strip_any_host_port": True,
-        "http_filters": [
-            {"name": CORS_FILTER, "typed_config": {"@type": CORS_TYPE}},
-            # Off unless a route's rule sets a rate limit (per-route config below).
-            {"name": RATELIMIT_FILTER, "typed_config": {"@type": RATELIMIT_TYPE,
-                                                        "stat_prefix": "rate_limit"}},
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
-        ],
+        "http_filters": _http_filters(_filters_used(config)),
     }
-    if rds is not None:
-        hcm["rds"] = {"route_config_name": rds, "config_source": rds_source(rds)}
+    if rds:
+        hcm["rds"] = {"route_config_name": config["name"],
+                      "config_source": rds_source(config["name"])}
     else:
-        hcm["route_config"] = inline
+        hcm["route_config"] = config
     if settings.access_log:
         hcm["access_log"] = _access_log(settings.access_log)
     if settings.otlp_endpoint:
@@ -544,9 +584,9 @@ def _route_clusters(parsed: list[tuple[str, str, RouteSpec]], clusters: dict[str
 
 def _listeners(services: list[Json], settings: MeshSettings,
                by_host: dict[str, list[tuple[Any, Json]]]) -> tuple[list[Json], list[Json]]:
-    listeners = [_listener(LISTENER_NAME, f"127.0.0.1:{settings.gateway_port}",
-                           _hcm(LISTENER_NAME, settings, rds=LISTENER_NAME))]
     configs = [{"name": LISTENER_NAME, "virtual_hosts": _virtual_hosts(by_host, services)}]
+    listeners = [_listener(LISTENER_NAME, f"127.0.0.1:{settings.gateway_port}",
+                           _hcm(LISTENER_NAME, settings, configs[0], rds=True))]
     for svc in services:
         ns, name = _key(svc)
         address = _status(svc).get("address")
@@ -554,14 +594,14 @@ def _listeners(services: list[Json], settings: MeshSettings,
             config = _mesh_route_config(svc, by_host)
             configs.append(config)
             listeners.append(_listener(config["name"], address,
-                                       _hcm(config["name"], settings, rds=config["name"])))
+                                       _hcm(config["name"], settings, config, rds=True)))
         if _strict(svc, settings):
             inline = {"name": f"in_{ns}_{name}", "virtual_hosts": [{
                 "name": f"in_{ns}_{name}", "domains": ["*"], "routes": [{
                     "name": f"in:{ns}/{name}", "match": {"prefix": "/"},
                     "route": {"cluster": local_cluster(ns, name)}}]}]}
             listeners.append(_listener(f"in_{ns}_{name}", _status(svc)["inbound"],
-                                       _hcm(f"in_{ns}_{name}", settings, inline=inline),
+                                       _hcm(f"in_{ns}_{name}", settings, inline, rds=False),
                                        tls=downstream_transport_socket(workload_files(ns, name))))
     return listeners, configs
 

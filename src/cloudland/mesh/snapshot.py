@@ -266,7 +266,7 @@ def describe_match(match: Json) -> str:
     elif "safe_regex" in match:
         text = f"path regex '{match['safe_regex']['regex']}'"
     else:
-        text = f"path prefix '{match.get('prefix', '/')}'"
+        text = f"path prefix '{match.get('path_separated_prefix') or match.get('prefix', '/')}'"
     extra = len(match.get("headers", [])) + len(match.get("query_parameters", []))
     return text + (f" (with the same {extra} header/query conditions)" if extra else "")
 

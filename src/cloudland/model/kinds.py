@@ -210,6 +210,14 @@ class RouteRule(Strict):
     rewrite: Rewrite | None = None
     cors: Cors | None = None
 
+    @model_validator(mode="after")
+    def _rewrite_needs_a_prefix(self) -> RouteRule:
+        if self.rewrite is not None and self.rewrite.pathPrefix is not None and any(
+                m.path.type == "RegularExpression" for m in self.matches):
+            raise ValueError("rewrite.pathPrefix replaces the matched prefix, so every match "
+                             "of the rule needs an Exact or PathPrefix path, not a regex")
+        return self
+
 
 class RouteSpec(Strict):
     hosts: list[str] = Field(default_factory=lambda: ["*"])
