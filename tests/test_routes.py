@@ -3,6 +3,7 @@ verdict, `cloudland routes`, `cloudland mesh status`, and Envoy's metrics on /me
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,16 @@ def test_routes_report_backends_and_serve_metrics(cloudland: Running, tmp_path: 
         ("hello", 3, 2), ("later", 1, 1)]
     text = cloudland.cli("routes").stdout
     assert "front#0" in text and "hello 75% (2/2 ready)" in text
+
+    # Every request is in the gateway's access log (Envoy flushes it about once a second).
+    def logged() -> list[str]:
+        out = cloudland.cli("mesh", "logs", "--tail", "50").stdout
+        return [line for line in out.splitlines() if " 200 GET front.localhost / " in line]
+
+    assert len(wait_for(lambda: len(logged()) >= 21 and logged(), timeout=10,
+                        message="requests in the access log")) >= 21
+    record = json.loads(cloudland.cli("mesh", "logs", "--tail", "1", "--json").stdout)
+    assert record["route"] == "default/front/rule0/match0" and record["status"] == 200
 
     mesh = cloudland.cli("mesh", "status", "-o", "json").json()
     assert mesh["gateway"]["healthy"] and mesh["gateway"]["config"]
