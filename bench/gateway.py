@@ -506,14 +506,15 @@ def measure() -> list[Row]:
 # ---- tuning ----------------------------------------------------------------------------
 
 
-Tweak = Callable[[Json], None]
+Tweak = Callable[[Json, list[Json]], None]  # (gateway listener, route configs), in place
 
 
 def _edit(snapshot: Snapshot, change: Tweak) -> Snapshot:
-    """A copy of `snapshot` (new version) with change(gateway listener) applied."""
+    """A copy of `snapshot` (new version) with change(gateway listener, routes) applied."""
     listeners = copy.deepcopy(snapshot.listeners)
-    change(next(x for x in listeners if x["name"] == LISTENER_NAME))
-    return dataclasses.replace(snapshot, listeners=listeners)
+    routes = copy.deepcopy(snapshot.routes)
+    change(next(x for x in listeners if x["name"] == LISTENER_NAME), routes)
+    return dataclasses.replace(snapshot, listeners=listeners, routes=routes)
 
 
 def _hcm(listener: Json) -> Json:
@@ -521,22 +522,22 @@ def _hcm(listener: Json) -> Json:
     return hcm
 
 
-def _no_access_log(listener: Json) -> None:
+def _no_access_log(listener: Json, routes: list[Json]) -> None:
     _hcm(listener).pop("access_log", None)
 
 
-def _no_request_id(listener: Json) -> None:
+def _no_request_id(listener: Json, routes: list[Json]) -> None:
     # No UUID per request (x-request-id): the access log's request_id goes empty.
     _hcm(listener)["generate_request_id"] = False
 
 
-def _lean_router(listener: Json) -> None:
+def _lean_router(listener: Json, routes: list[Json]) -> None:
     # Per-request dynamic stats and x-envoy-* response headers are work nobody reads here.
     _hcm(listener)["http_filters"][-1]["typed_config"].update(
         {"dynamic_stats": False, "suppress_envoy_headers": True})
 
 
-def _router_only(listener: Json) -> None:
+def _router_only(listener: Json, routes: list[Json]) -> None:
     # What the filters in front of the router (CORS, local rate limit) cost when unused.
     hcm = _hcm(listener)
     hcm["http_filters"] = hcm["http_filters"][-1:]
@@ -547,27 +548,45 @@ def _log_format(listener: Json) -> Json:
     return fmt
 
 
-def _text_log(listener: Json) -> None:
+def _text_log(listener: Json, routes: list[Json]) -> None:
     # The same fields as one space-separated line: is it the JSON encoding that costs?
     fmt = _log_format(listener)
     fields = fmt.pop("json_format")
     fmt["text_format_source"] = {"inline_string": " ".join(fields.values()) + "\n"}
 
 
-def _short_log(listener: Json) -> None:
+def _short_log(listener: Json, routes: list[Json]) -> None:
     # Six fields instead of seventeen: is it the number of header lookups that costs?
     fmt = _log_format(listener)
     keep = ("time", "method", "path", "status", "duration_ms", "upstream")
     fmt["json_format"] = {k: v for k, v in fmt["json_format"].items() if k in keep}
 
 
-def _default_buffers(listener: Json) -> None:
+def _default_buffers(listener: Json, routes: list[Json]) -> None:
     listener["per_connection_buffer_limit_bytes"] = 1024 * 1024  # Envoy's default
 
 
-def _cheapest(listener: Json) -> None:
+def _cheapest(listener: Json, routes: list[Json]) -> None:
     for change in (_no_request_id, _lean_router, _router_only):
-        change(listener)
+        change(listener, routes)
+
+
+def _each_route(routes: list[Json]) -> Iterator[Json]:
+    for config in routes:
+        for vhost in config["virtual_hosts"]:
+            yield from vhost["routes"]
+
+
+def _no_retry_policy(listener: Json, routes: list[Json]) -> None:
+    # CloudLand's default retry of connect failures / resets before the request.
+    for route in _each_route(routes):
+        (route.get("route") or {}).pop("retry_policy", None)
+
+
+def _no_route_stats(listener: Json, routes: list[Json]) -> None:
+    # Per-route counters and latency histograms (vhost.*.route.<stat_prefix>.*).
+    for route in _each_route(routes):
+        route.pop("stat_prefix", None)
 
 
 TWEAKS: dict[str, Tweak | None] = {
@@ -580,6 +599,8 @@ TWEAKS: dict[str, Tweak | None] = {
     "access log as a text line (same fields)": _text_log,
     "access log with 6 fields": _short_log,
     "request id off + lean router + router only (log kept)": _cheapest,
+    "no default retry policy": _no_retry_policy,
+    "no per-route stats": _no_route_stats,
 }
 
 

@@ -19,11 +19,11 @@ from cloudland.cli.columns import say
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, table
 from cloudland.cli.workloads import stream_records
+from cloudland.model.kinds import INTERNAL_DOMAIN
 from cloudland.model.meta import DEFAULT_NAMESPACE, check_duration, parse_duration
 
 Object = dict[str, Any]
 PANEL = "Gateway and mesh"
-INTERNAL_DOMAIN = "svc.cloudland.local"
 PREFIX = "/apis/cloudland/v1"
 
 mesh_app = typer.Typer(help="The service mesh: Envoy, mesh addresses, mTLS.",

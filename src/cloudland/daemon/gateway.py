@@ -186,7 +186,7 @@ class Gateway:
         services, _ = self.service.list("Service")
         tls = False
         if self.certificates is not None:
-            tls = self.certificates.keep(mesh_identities(services))
+            tls = self.certificates.ensure(mesh_identities(services))
         return render(routes, services, gateway_port=self.port,
                       admin_port=self.envoy.admin_port,
                       access_log=str(self.access_log) if self.access_log else None,
@@ -207,6 +207,13 @@ class Certificates:
         self._ca: CertificateAuthority | None = None
         self._kept: set[tuple[str, str]] = set()
 
+    def ensure(self, identities: list[tuple[str, str]]) -> bool:
+        """Like `keep`, but only looks at identities it has not kept yet (each render
+        calls this; rotation of the others is `keep`'s job, on its own schedule)."""
+        if self.error is None and set(identities) <= self._kept:
+            return True
+        return self.keep(identities)
+
     def keep(self, identities: list[tuple[str, str]]) -> bool:
         """True when every identity has a valid certificate on disk."""
         try:
@@ -215,7 +222,7 @@ class Certificates:
             for namespace, name in identities:
                 rotate_if_needed(self._ca, self.sds_dir, workload_identity(namespace, name),
                                  dns_names=service_dns_names(namespace, name))
-            self._kept = set(identities)
+            self._kept |= set(identities)
             self.error = None
             return True
         except (CloudLandError, OSError, ValueError) as exc:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloudland.errors import CloudLandError
+from cloudland.mesh.snapshot import write_atomic
+from cloudland.model.kinds import INTERNAL_DOMAIN
 
 TRUST_DOMAIN = "cloudland.local"
-INTERNAL_DOMAIN = "svc.cloudland.local"
 CA_COMMON_NAME = "CloudLand mesh CA"
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
@@ -445,28 +445,3 @@ def write_if_changed(path: Path, data: bytes, *, mode: int) -> None:
     write_atomic(path, data, mode=mode)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Replace `path` with `data` (permissions `mode`) so readers see old or new, never half.
-
-    The temp file gets its mode before any byte is written, so a key is never readable
-    by others, even for an instant; the directory is synced so the rename survives a
-    crash."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

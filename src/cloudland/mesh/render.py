@@ -41,6 +41,7 @@ from cloudland.mesh.snapshot import (
     route_owner,
 )
 from cloudland.model.kinds import (
+    INTERNAL_DOMAIN,
     BackendRef,
     CircuitBreaker,
     Cors,
@@ -57,7 +58,6 @@ from cloudland.model.meta import DEFAULT_NAMESPACE, parse_duration
 
 Json = dict[str, Any]
 
-INTERNAL_DOMAIN = "svc.cloudland.local"
 LISTENER_NAME = "gateway"
 CONNECT_TIMEOUT = "1s"
 IDLE = "4s"

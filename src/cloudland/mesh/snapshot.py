@@ -18,6 +18,7 @@ directory (the run directory), so the rendering does not depend on where it live
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -271,22 +272,32 @@ def describe_match(match: Json) -> str:
     return text + (f" (with the same {extra} header/query conditions)" if extra else "")
 
 
-def write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never half.
+def write_atomic(path: Path, data: str | bytes, *, sync: bool = True,
+                 mode: int | None = None) -> None:
+    """Replace `path` with `data` so a reader sees the old file or the new one, never half.
 
-    `sync=False` skips the fsync for files that are derived state (xDS documents are
-    rendered again from the store after a crash), which keeps applies fast."""
+    `mode` is set before any byte is written (a key is never readable by others, even
+    for an instant). `sync=False` skips the fsyncs for files that are derived state
+    (xDS documents are rendered again from the store after a crash), which keeps
+    applies fast; with `sync`, the file and then its directory are synced so the
+    rename survives a crash."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
             if sync:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+    if sync:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

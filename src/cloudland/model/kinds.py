@@ -19,6 +19,9 @@ from cloudland.model.workload import Autoscale, EnvVar, Probe, Strategy, Workloa
 
 # ---- Service -------------------------------------------------------------------
 
+# Every Service is reachable in the mesh as NAME.NAMESPACE.svc.cloudland.local.
+INTERNAL_DOMAIN = "svc.cloudland.local"
+
 
 class ServiceSpec(Workload):
     replicas: int = Field(1, ge=0, le=10000)
