@@ -18,9 +18,9 @@ from rich.text import Text
 from cloudland.cli.columns import say
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, table
-from cloudland.cli.workloads import stream_records
+from cloudland.cli.workloads import seconds, stream_records
 from cloudland.model.kinds import INTERNAL_DOMAIN
-from cloudland.model.meta import DEFAULT_NAMESPACE, check_duration, parse_duration
+from cloudland.model.meta import DEFAULT_NAMESPACE
 
 Object = dict[str, Any]
 PANEL = "Gateway and mesh"
@@ -172,7 +172,7 @@ def mesh_logs(
 ) -> None:
     """The gateway's access log: one line per request through Envoy (gateway and mesh)."""
     wanted = {"follow": "true" if follow else None, "tail": tail, "stream": "stdout",
-              "since": None if since is None else parse_duration(check_duration(since))}
+              "since": None if since is None else seconds(since, "--since")}
     params = {k: str(v) for k, v in wanted.items() if v is not None}
     printed = 0
     with client_for(home) as client:

@@ -111,7 +111,7 @@ def logs(
     name = service_name(service)
     wanted = {"stream": stream.value, "follow": follow, "previous": previous,
               "instance": instance, "tail": tail,
-              "since": None if since is None else _seconds(since, "--since")}
+              "since": None if since is None else seconds(since, "--since")}
     params = {k: str(v).lower() if isinstance(v, bool) else str(v)
               for k, v in wanted.items() if v is not None and v is not False}
     label, printed = _Labels(prefix), 0
@@ -184,7 +184,7 @@ class _Labels:
         return self.cache[key]
 
 
-def _seconds(value: str, option: str) -> float:
+def seconds(value: str, option: str) -> float:
     """'5m' -> 300.0; a plain number is seconds."""
     with contextlib.suppress(ValueError):
         return float(value)
@@ -331,7 +331,7 @@ def rollout_status(
 ) -> None:
     """Wait until every instance runs the current template and is ready."""
     name, ns = service_name(service), namespace or DEFAULT_NAMESPACE
-    limit = _seconds(timeout, "--timeout")
+    limit = seconds(timeout, "--timeout")
     deadline = time.monotonic() + limit
     with client_for(home) as client:
         obj = client.get("Service", ns, name)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cloudland.mesh.ca import (
     workload_identity,
 )
 from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
-from cloudland.mesh.render import SDS_DIR, mesh_identities
+from cloudland.mesh.render import SDS_DIR, invalid_routes, mesh_identities
 from cloudland.mesh.snapshot import Snapshot
 from cloudland.runtime.logs import LogRotator
 from cloudland.runtime.ports import port_in_use
@@ -37,6 +38,7 @@ COALESCE = 0.01  # seconds: a burst of status writes becomes one render
 # Per-Service clusters, per-route (vhost.*.route.*) and per-listener (http.*) series.
 METRICS_FILTER = r"^(cluster\.(svc|fn|local)_|vhost\.|http\.(gateway|mesh_|in_))"
 ROTATION_CHECK = 600.0  # seconds between checks that certificates are not due
+RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds: an apply that did not happen is tried again
 
 
 def route_admission(service: ResourceService) -> Callable[[str, Object, Object | None], None]:
@@ -85,6 +87,7 @@ class Gateway:
         self.rotator = LogRotator()
         self.certificates = Certificates(ca_dir, run_dir) if ca_dir is not None else None
         self.problem: str | None = None
+        self.invalid: str | None = None  # stored Routes that no longer validate
         self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -105,10 +108,13 @@ class Gateway:
                                "--gateway-port (0 picks a free one)")
         if self.access_log is not None:
             self.access_log.parent.mkdir(parents=True, exist_ok=True)
-        await self.envoy.start(self._render())
+        # Subscribe first: a change committed while Envoy starts is rendered after.
+        self._unsubscribe = self.service.subscribe(self._on_change)
+        await self.envoy.start(await self._render())
         if self.access_log is not None:
             self.rotator.register(self.access_log.parent)
-        self._unsubscribe = self.service.subscribe(self._on_change)
+        # A restarted Envoy comes back on its last good config: render the store again.
+        self.envoy.on_restart = self._dirty.set
         self._task = asyncio.create_task(self._follow(), name="gateway")
         if self.certificates is not None:
             self._rotation = asyncio.create_task(self._rotate(), name="mesh-certificates")
@@ -127,11 +133,12 @@ class Gateway:
 
     def health(self) -> dict[str, Any]:
         envoy = self.envoy.health()
-        out: dict[str, Any] = {"healthy": bool(envoy.get("running")) and not self.problem,
+        out: dict[str, Any] = {"healthy": bool(envoy.get("running")) and not self.problem
+                               and not envoy.get("last_error"),
                                "url": self.url, "pid": envoy.get("pid"),
                                "admin": envoy.get("admin"), "version": envoy.get("envoy"),
                                "config": envoy.get("version"), "restarts": envoy.get("restarts")}
-        problem = self.problem or envoy.get("last_error") or (
+        problem = self.problem or envoy.get("last_error") or self.invalid or (
             self.certificates.error if self.certificates else None)
         if problem:
             out["error"] = problem
@@ -158,20 +165,35 @@ class Gateway:
                 self._dirty.set()
 
     async def _follow(self) -> None:
+        retry = RETRY_FIRST
         while True:
             await self._dirty.wait()
             await asyncio.sleep(COALESCE)
             self._dirty.clear()
-            snapshot = self._render()
-            problems = snapshot.problems()
-            self.problem = "; ".join(problems) if problems else None
-            if problems:
-                log.warning("gateway config not applied: %s", self.problem)
-                continue
             try:
-                await self.envoy.apply(snapshot)
-            except Exception as exc:  # Envoy restarting, or refused: keep the last good one
-                log.warning("gateway config not applied: %s", exc)
+                applied = await self._apply()
+            except Exception:  # a bug must not end the gateway: log it, look again later
+                log.exception("gateway render/apply failed")
+                applied = False
+            if applied:
+                retry = RETRY_FIRST
+                continue
+            if not self.envoy.rejected:  # timed out, or Envoy restarting: try again
+                asyncio.get_running_loop().call_later(retry, self._dirty.set)
+                retry = min(retry * 2, RETRY_MAX)
+
+    async def _apply(self) -> bool:
+        """Render the store and hand it to Envoy; False if not applied (`problem` says why)."""
+        snapshot = await self._render()
+        problems = snapshot.problems()
+        self.problem = "; ".join(problems) if problems else None
+        if problems:
+            log.warning("gateway config not applied: %s", self.problem)
+            return True  # nothing to retry until the model changes
+        if not await self.envoy.apply(snapshot):
+            log.warning("gateway config not applied: %s", self.envoy.last_error)
+            return False
+        return True
 
     async def _rotate(self) -> None:
         """Reissue workload certificates before they expire (Envoy follows the files)."""
@@ -181,12 +203,16 @@ class Gateway:
             services, _ = self.service.list("Service")
             await asyncio.to_thread(self.certificates.keep, mesh_identities(services))
 
-    def _render(self) -> Snapshot:
+    async def _render(self) -> Snapshot:
         routes, _ = self.service.list("Route")
         services, _ = self.service.list("Service")
+        invalid = invalid_routes(routes)
+        self.invalid = "; ".join(f"Route {k}: {v}" for k, v in invalid.items()) or None
         tls = False
         if self.certificates is not None:
-            tls = self.certificates.ensure(mesh_identities(services))
+            identities = mesh_identities(services)
+            tls = (self.certificates.ready(identities)
+                   or await asyncio.to_thread(self.certificates.keep, identities))
         return render(routes, services, gateway_port=self.port,
                       admin_port=self.envoy.admin_port,
                       access_log=str(self.access_log) if self.access_log else None,
@@ -206,16 +232,21 @@ class Certificates:
         self.error: str | None = None
         self._ca: CertificateAuthority | None = None
         self._kept: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
-    def ensure(self, identities: list[tuple[str, str]]) -> bool:
-        """Like `keep`, but only looks at identities it has not kept yet (each render
-        calls this; rotation of the others is `keep`'s job, on its own schedule)."""
-        if self.error is None and set(identities) <= self._kept:
-            return True
-        return self.keep(identities)
+    def ready(self, identities: list[tuple[str, str]]) -> bool:
+        """True when every identity was kept before (the check each render makes; new
+        identities, and rotation on its schedule, go through `keep`)."""
+        return self.error is None and set(identities) <= self._kept
 
     def keep(self, identities: list[tuple[str, str]]) -> bool:
-        """True when every identity has a valid certificate on disk."""
+        """True when every identity has a valid certificate on disk (blocking: key
+        generation and file writes; run it in a thread). Serialized, so a rotation and
+        a render never write the same identity's files at once."""
+        with self._lock:
+            return self._keep(identities)
+
+    def _keep(self, identities: list[tuple[str, str]]) -> bool:
         try:
             if self._ca is None:
                 self._ca = CertificateAuthority.load_or_create(self.ca_dir)

@@ -47,6 +47,7 @@ from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atom
 BOOTSTRAP_FILE = "bootstrap.json"
 LOG_FILE = "envoy.log"
 READY_POLL = 0.005  # seconds between looks at a starting Envoy
+REJECTED = "Envoy rejected it: "  # how a refused config's error starts
 BASE_ID_FILE = "base-id"
 
 
@@ -123,6 +124,8 @@ class ManagedEnvoy:
         self._good: Snapshot | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self.rejected = False  # the last apply failed because Envoy refused the config
+        self.on_restart: Callable[[], None] | None = None  # called once a restart is LIVE
         self.last_exit: int | None = None
         self.envoy_version: str | None = None
 
@@ -192,11 +195,12 @@ class ManagedEnvoy:
                 ok, error = await self._publish(snapshot)
             except httpx.HTTPError as exc:
                 ok, error = False, f"admin interface unreachable: {exc!r}"
+            self.rejected = not ok and error.startswith(REJECTED)
             if ok:
                 self._good = snapshot
                 self.last_error = None
                 return True
-            self.last_error = f"Envoy rejected version {snapshot.version}: {error}"
+            self.last_error = f"version {snapshot.version} not applied: {error}"
             if self._good is not None:  # back to the last good files on disk
                 with contextlib.suppress(httpx.HTTPError):
                     await self._publish(self._good)
@@ -347,6 +351,8 @@ class ManagedEnvoy:
                     self._started_at = self._clock()
                     continue
                 self.last_error = None
+                if self.on_restart is not None:
+                    self.on_restart()
 
     # ---- admin --------------------------------------------------------------------
 
@@ -394,7 +400,7 @@ class ManagedEnvoy:
             rejected = [n for n, v in after.items()
                         if n.endswith(".update_rejected") and v != before.get(n, "0")]
             if rejected:
-                return False, self._rejection(log_offset, rejected)
+                return False, REJECTED + self._rejection(log_offset, rejected)
             waiting = [d for d in changed if after.get(f"{d.stat_prefix}.version_text")
                        != d.version]
             if not waiting:

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cloudland.mesh.ca import WorkloadFiles, downstream_transport_socket, upstream_transport_socket
+from pydantic import ValidationError
+
+from cloudland.mesh.ca import (
+    WorkloadFiles,
+    downstream_transport_socket,
+    upstream_transport_socket,
+    workload_identity,
+)
 from cloudland.mesh.snapshot import (
     HCM_TYPE,
     Snapshot,
@@ -184,9 +191,9 @@ def workload_files(namespace: str, name: str) -> WorkloadFiles:
     return WorkloadFiles(SDS_DIR, f"{name}.{namespace}")
 
 
-def _cluster(name: str, assignment: str, *, tls_to: str | None = None) -> Json:
+def _cluster(name: str, assignment: str, *, tls_to: tuple[str, str] | None = None) -> Json:
     """An EDS cluster reading `assignment`'s endpoints; over mutual TLS when `tls_to`
-    names the strict Service it reaches."""
+    names the strict Service (namespace, name) it reaches."""
     cluster: Json = {
         "name": name, "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
         "lb_policy": "LEAST_REQUEST",
@@ -199,9 +206,22 @@ def _cluster(name: str, assignment: str, *, tls_to: str | None = None) -> Json:
             "explicit_http_config": {"http_protocol_options": {}}}},
     }
     if tls_to is not None:
-        cluster["transport_socket"] = upstream_transport_socket(
-            workload_files(*MESH_IDENTITY), tls_to)
+        cluster["transport_socket"] = _upstream_tls(*tls_to)
     return cluster
+
+
+def _upstream_tls(namespace: str, name: str) -> Json:
+    """The mesh's client TLS towards a strict Service: present the mesh's certificate,
+    and accept only a CloudLand-CA certificate carrying that Service's own identity."""
+    socket = upstream_transport_socket(workload_files(*MESH_IDENTITY),
+                                       internal_host(namespace, name))
+    context = socket["typed_config"]["common_tls_context"]
+    context["combined_validation_context"] = {
+        "default_validation_context": {"match_typed_subject_alt_names": [{
+            "san_type": "URI", "matcher": {"exact": workload_identity(namespace, name)}}]},
+        "validation_context_sds_secret_config":
+            context.pop("validation_context_sds_secret_config")}
+    return socket
 
 
 def _thresholds(breaker: CircuitBreaker | None, retries: Retries | None) -> Json | None:
@@ -541,7 +561,29 @@ def _otlp_cluster(endpoint: str) -> Json:
 # ---- the whole --------------------------------------------------------------------------
 
 def _parsed_routes(routes: list[Json]) -> list[tuple[str, str, RouteSpec]]:
-    return [(*_key(obj), RouteSpec.model_validate(obj["spec"])) for obj in routes]
+    """The Routes whose spec is valid today (one stored by an older CloudLand may not
+    be: it is left out rather than stopping every other Route; see `invalid_routes`)."""
+    parsed = []
+    for obj in routes:
+        try:
+            parsed.append((*_key(obj), RouteSpec.model_validate(obj["spec"])))
+        except ValidationError:
+            continue
+    return parsed
+
+
+def invalid_routes(routes: list[Json]) -> dict[str, str]:
+    """'namespace/name' -> why its stored spec no longer validates (it is not rendered)."""
+    found = {}
+    for obj in routes:
+        try:
+            RouteSpec.model_validate(obj["spec"])
+        except ValidationError as exc:
+            ns, name = _key(obj)
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            found[f"{ns}/{name}"] = f"spec.{where}: {first['msg']}"
+    return found
 
 
 def _service_clusters(services: list[Json], settings: MeshSettings,
@@ -555,8 +597,13 @@ def _service_clusters(services: list[Json], settings: MeshSettings,
             local = local_cluster(ns, name)
             clusters[local] = _cluster(local, local)
             assignments[local] = _assignment(local, endpoints)
-            clusters[base] = _cluster(base, base, tls_to=internal_host(ns, name))
+            clusters[base] = _cluster(base, base, tls_to=(ns, name))
             assignments[base] = _assignment(base, [_status(svc)["inbound"]] if endpoints else [])
+        elif (svc.get("spec") or {}).get("mtls") == "strict":
+            # No certificates (or no inbound address) yet: refuse with 503 rather than
+            # fall back to plain text. Fail closed.
+            clusters[base] = _cluster(base, base)
+            assignments[base] = _assignment(base, [])
         else:
             clusters[base] = _cluster(base, base)
             assignments[base] = _assignment(base, endpoints)
@@ -671,7 +718,7 @@ def route_conflicts(route: Json, others: list[Json]) -> list[str]:
     leave Envoy to pick one silently; admission refuses the second instead.
     """
     ns, name = _key(route)
-    rivals = [o for o in others if _key(o) != (ns, name)]
+    rivals = [o for o in others if _key(o) != (ns, name)]  # invalid ones are skipped
     by_host = _route_entries(_parsed_routes([route, *rivals]))
     found: list[str] = []
     for host in sorted(by_host):

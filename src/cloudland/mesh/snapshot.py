@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudland.model.regex import MAX_PROGRAM_SIZE
+
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -250,6 +252,10 @@ class Snapshot:
                                   "cds_config": config_source(f"{XDS_DIR}/{CDS_FILE}")},
             # Latency histograms reach /stats at each flush (Envoy's default is 5 s).
             "stats_flush_interval": "1s",
+            # Route regexes are checked at apply against the same limit (model.regex).
+            "layered_runtime": {"layers": [{"name": "cloudland", "static_layer": {
+                "re2.max_program_size.error_level": MAX_PROGRAM_SIZE,
+                "re2.max_program_size.warn_level": MAX_PROGRAM_SIZE}}]},
         }
 
 

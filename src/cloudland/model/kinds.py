@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from cloudland.model.meta import Duration, Name, ObjectMeta, Status, Strict
+from cloudland.model.meta import Duration, Name, ObjectMeta, Status, Strict, parse_duration
 from cloudland.model.regex import check_re2
 from cloudland.model.workload import Autoscale, EnvVar, Probe, Strategy, Workload
 
@@ -89,11 +90,17 @@ class PathMatch(Strict):
             check_re2(self.value)
         elif not self.value.startswith("/"):
             raise ValueError(f"path '{self.value}' must start with '/'")
+        elif "?" in self.value or "#" in self.value:
+            raise ValueError(f"path '{self.value}' must not contain '?' or '#' (match query "
+                             "parameters with queryParams)")
         return self
 
 
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
 class HeaderMatch(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    name: str = Field(min_length=1, pattern=HEADER_NAME.pattern)
     value: str
     type: Literal["Exact", "RegularExpression"] = "Exact"
 
@@ -127,6 +134,14 @@ class RetryBackoff(Strict):
 
     base: Duration = "25ms"
     max: Duration | None = None  # default: 10 x base
+
+    @model_validator(mode="after")
+    def _order(self) -> RetryBackoff:
+        if self.max is not None and parse_duration(self.max) < parse_duration(self.base):
+            raise ValueError(f"max ({self.max}) must not be shorter than base ({self.base})")
+        if parse_duration(self.base) <= 0:
+            raise ValueError("base must be longer than 0")
+        return self
 
 
 class RetryBudget(Strict):
@@ -173,11 +188,30 @@ class RateLimit(Strict):
     per: Duration = "1s"
     burst: int | None = Field(None, ge=1)  # default: requests
 
+    @field_validator("per")
+    @classmethod
+    def _per(cls, value: str) -> str:
+        if parse_duration(value) < 0.05:
+            raise ValueError(f"per ({value}) must be at least 50ms (the gateway refills its "
+                             "token bucket no faster)")
+        return value
+
 
 class HeaderChanges(Strict):
     set: dict[str, str] = Field(default_factory=dict)
     add: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> HeaderChanges:
+        for name in [*self.set, *self.add, *self.remove]:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"'{name}' is not a header name (letters, digits and "
+                                 "!#$%&'*+.^_`|~-)")
+            if name.lower() == "host" or name.startswith(":"):
+                raise ValueError(f"header '{name}' cannot be changed here; to change the "
+                                 "host, use rewrite.host")
+        return self
 
 
 class HeaderRewrites(Strict):
