@@ -75,8 +75,10 @@ def test_routes_report_backends_and_serve_metrics(cloudland: Running, tmp_path: 
         wait_for(lambda: ready(client, "front")[1] == "BackendNotFound", timeout=10,
                  message="the Route to say its backends are missing")
         assert "Service default/later does not exist" in ready(client, "front")[2]
-        assert httpx.get(gateway + "/", headers={"Host": "front.localhost"},
-                         timeout=5).status_code == 503  # accepted, routed, nothing behind it
+        # Accepted and routed, with nothing behind it (once the gateway has it: 404 before).
+        wait_for(lambda: httpx.get(gateway + "/", headers={"Host": "front.localhost"},
+                                   timeout=5).status_code == 503, timeout=10,
+                 message="the gateway to answer 503 for the Route's missing backend")
 
         client.apply([service("hello", hello_spec(tmp_path, 2)),
                       service("later", hello_spec(tmp_path, 1, version="v2"))])
