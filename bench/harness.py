@@ -204,7 +204,7 @@ def daemon(*extra: str) -> Iterator[Daemon]:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudland", "up", "--home", str(home), "--api-port", "0",
-         "--gateway-port", "0",
+         "--gateway-port", "0", "--s3-port", "0",
          *extra],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         env=child_env(), cwd=home,

@@ -19,6 +19,7 @@ import pytest
 # Every CloudLand the tests start (directly or through `up --detach` and `demo`)
 # puts its gateway on a free port, so parallel tests never fight over :8080.
 os.environ["CLOUDLAND_GATEWAY_PORT"] = "0"
+os.environ["CLOUDLAND_S3_PORT"] = "0"
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01,

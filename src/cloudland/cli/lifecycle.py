@@ -38,6 +38,9 @@ def up(
     gateway_port: Annotated[int, typer.Option(
         "--gateway-port", envvar="CLOUDLAND_GATEWAY_PORT", min=0, max=65535,
         help="Gateway (Envoy) port; 0 picks a free one.")] = 8080,
+    s3_port: Annotated[int, typer.Option(
+        "--s3-port", envvar="CLOUDLAND_S3_PORT", min=0, max=65535,
+        help="S3 object storage port; 0 picks a free one.")] = 9000,
 ) -> None:
     """Start CloudLand (foreground by default; --detach for background)."""
     where = Home.resolve(home)
@@ -48,12 +51,12 @@ def up(
             f"(pid {running.get('pid')}, API {running.get('api')})",
             hint="use it, or stop it with: cloudland down"))
     if detach:
-        start_detached(where, api_host, api_port, gateway_port)
+        start_detached(where, api_host, api_port, gateway_port, s3_port)
         return
     _configure_logging()
     from cloudland.daemon.supervisor import run_foreground
 
-    run_foreground(where, api_host, api_port, gateway_port)
+    run_foreground(where, api_host, api_port, gateway_port, s3_port)
 
 
 def _configure_logging() -> None:
@@ -62,13 +65,18 @@ def _configure_logging() -> None:
            if colour else "%(asctime)s %(levelname)-5s %(name)s %(message)s")
     logging.basicConfig(level=os.environ.get("CLOUDLAND_LOG_LEVEL", "INFO").upper(),
                         format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+    # Each request a library's client makes (Envoy's admin polls) is not news.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-def start_detached(home: Home, host: str, port: int, gateway_port: int = 8080) -> None:
+def start_detached(home: Home, host: str, port: int, gateway_port: int = 8080,
+                   s3_port: int = 9000) -> None:
     home.ensure()
     log = open(home.daemon_log, "ab")  # noqa: SIM115 -- handed to the child
     cmd = [sys.executable, "-m", "cloudland", "up", "--home", str(home.root),
-           "--api-port", str(port), "--api-host", host, "--gateway-port", str(gateway_port)]
+           "--api-port", str(port), "--api-host", host, "--gateway-port", str(gateway_port),
+           "--s3-port", str(s3_port)]
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True)
     log.close()
@@ -126,7 +134,7 @@ def status(
     state = where.running_state()
     info: dict[str, Any] = {"running": bool(state), "home": str(where.root)}
     if state:
-        addresses = {k: state[k] for k in ("api", "gateway") if state.get(k)}
+        addresses = {k: state[k] for k in ("api", "gateway", "s3") if state.get(k)}
         info.update(pid=state.get("pid"), version=state.get("version"), addresses=addresses)
         from cloudland.client import Client  # lazily: the daemon itself never needs httpx
 

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from cloudland import __version__
-from cloudland.cli import demo, lifecycle, mesh, resources, stacks, workloads
+from cloudland.cli import demo, keys, lifecycle, mesh, resources, stacks, workloads
 from cloudland.cli import run as run_command
 from cloudland.cli.output import fail
 from cloudland.errors import CloudLandError
@@ -56,6 +56,7 @@ stacks.register(app)
 resources.register(app)
 workloads.register(app)
 mesh.register(app)
+keys.register(app)
 run_command.register(app)
 
 

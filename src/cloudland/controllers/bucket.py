@@ -1,19 +1,92 @@
-"""Bucket reconciler: for now, checks the Brokers its notifications deliver to.
+"""Bucket reconciler: the S3 bucket a Bucket resource declares exists, with its access.
 
-Storing objects belongs to the S3 server, which a later capability adds.
+The Bucket's name is the S3 bucket's name. The controller creates it (an existing
+bucket, made earlier through S3, is adopted), keeps `access: public-read` in step,
+and on deletion follows `deletionPolicy`: `retain` (the default) leaves the bucket
+and its objects; `delete` removes every object and the bucket. Notifications are
+read by the S3 server's event delivery directly from the Bucket; Brokers they name
+are checked here.
 """
 
 from __future__ import annotations
 
-from cloudland.controllers.accepting import AcceptingReconciler, Object, Ref, broker_ref
+import asyncio
+
+from cloudland.controllers.accepting import AcceptingReconciler, Object, Readiness, Ref, broker_ref
+from cloudland.controllers.base import Key, Result
+from cloudland.controllers.context import Context
+from cloudland.storage.errors import S3Error
+from cloudland.storage.objects import ObjectStore
+
+FINALIZER = "cloudland.io/bucket"
 
 
 class BucketReconciler(AcceptingReconciler):
     kind = "Bucket"
     watches = ("Broker",)
-    awaiting = "the S3 server that stores its objects is not part of this version yet"
+
+    def __init__(self, objects: ObjectStore | None = None) -> None:
+        self.objects = objects
 
     def references(self, obj: Object) -> list[Ref]:
         ns = obj["metadata"]["namespace"]
         return [ref for i, note in enumerate(obj["spec"].get("notifications", []))
                 for ref in broker_ref(ns, note.get("sink"), f"spec.notifications[{i}].sink")]
+
+    async def reconcile(self, key: Key, ctx: Context) -> Result | None:
+        obj = ctx.find(key)
+        if obj is not None and obj["metadata"].get("deletionTimestamp"):
+            if self.objects is not None and obj["spec"].get("deletionPolicy") == "delete":
+                await asyncio.to_thread(empty_and_delete, self.objects, key.name)
+            ctx.remove_finalizer(obj, FINALIZER)
+            return None
+        if obj is not None and self.objects is not None:
+            wants_finalizer = obj["spec"].get("deletionPolicy") == "delete"
+            has = FINALIZER in (obj["metadata"].get("finalizers") or [])
+            if wants_finalizer and not has:
+                ctx.add_finalizer(obj, FINALIZER)
+            elif has and not wants_finalizer:
+                ctx.remove_finalizer(obj, FINALIZER)
+        return await super().reconcile(key, ctx)
+
+    def assess(self, obj: Object, status: Object, ctx: Context) -> tuple[Readiness, Result | None]:
+        name = obj["metadata"]["name"]
+        if self.objects is None:
+            return ("False", "StorageUnavailable",
+                    f"bucket {name}: this CloudLand runs no object store"), None
+        try:
+            try:
+                self.objects.create_bucket(name)
+                created = True
+            except S3Error as err:
+                if err.code != "BucketAlreadyOwnedByYou":
+                    raise
+                created = False
+            self.objects.set_public_read(name, obj["spec"].get("access") == "public-read")
+        except S3Error as err:
+            return ("False", err.code, f"bucket {name}: {err.message}"), None
+        status["bucket"] = name
+        verb = "created" if created else "exists"
+        return ("True", "Ready", f"S3 bucket {name} {verb} "
+                f"({obj['spec'].get('access', 'private')})"), None
+
+
+def empty_and_delete(objects: ObjectStore, bucket: str) -> None:
+    """Delete every object, every unfinished upload, then the bucket (if it exists)."""
+    try:
+        objects.bucket(bucket)
+    except S3Error:
+        return
+    while True:
+        page = objects.list_objects(bucket, max_keys=1000)
+        for info in page.objects:
+            objects.delete(bucket, info.key)
+        if not page.truncated:
+            break
+    while True:
+        uploads, more = objects.list_uploads(bucket)
+        for upload in uploads:
+            objects.abort_upload(upload.id)
+        if not more:
+            break
+    objects.delete_bucket(bucket)

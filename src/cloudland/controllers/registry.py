@@ -17,6 +17,7 @@ from cloudland.controllers.route import RouteReconciler
 from cloudland.controllers.service import ServiceReconciler
 from cloudland.controllers.trigger import TriggerReconciler
 from cloudland.controllers.workload import Runtime
+from cloudland.storage.objects import ObjectStore
 
 # Like Kubernetes, Secrets and ConfigMaps have no status and no controller of their
 # own: storing them is all there is to do.  The kinds that read them list them in
@@ -24,12 +25,13 @@ from cloudland.controllers.workload import Runtime
 NO_RECONCILER = ("Event", "Secret", "ConfigMap")
 
 
-def default_reconcilers(runtime: Runtime) -> list[Reconciler]:
+def default_reconcilers(runtime: Runtime, *,
+                        objects: ObjectStore | None = None) -> list[Reconciler]:
     return [
         ServiceReconciler(runtime),
         FunctionReconciler(),
         RouteReconciler(),
-        BucketReconciler(),
+        BucketReconciler(objects),
         BrokerReconciler(),
         TriggerReconciler(),
         PolicyReconciler(),

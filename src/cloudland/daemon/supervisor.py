@@ -28,6 +28,7 @@ from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
 from cloudland.api.workloads import proc_usage
 from cloudland.daemon.gateway import Gateway, route_admission
+from cloudland.daemon.storage import Storage
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.runtime.logs import log_path
@@ -71,9 +72,11 @@ class Supervisor:
     api_host: str = "127.0.0.1"
     api_port: int = 7070
     gateway_port: int = 8080
+    s3_port: int = 9000
     started: float = field(default_factory=time.time)
     gateway: Gateway | None = None
     gateway_error: str = "not started"
+    storage_error: str | None = "not started"
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -109,9 +112,10 @@ class Supervisor:
         service = ResourceService(store)
         service.admission.append(route_admission(service))
         runtimes = build_runtimes(self.home)
-        reconcilers = default_reconcilers(runtimes.runtime)
+        storage = Storage(service, self.home.root / "objects", port=self.s3_port)
+        reconcilers = default_reconcilers(runtimes.runtime, objects=storage.store)
         manager = Manager(service, reconcilers)
-        app = create_app(service, health=lambda: self.health(manager, runtimes),
+        app = create_app(service, health=lambda: self.health(manager, runtimes, storage),
                          usage=proc_usage(service), log_root=runtimes.runtime.log_root,
                          metrics=self._gateway_metrics, gateway_logs=self.gateway_logs)
         sock = bind(self.api_host, self.api_port)
@@ -126,6 +130,7 @@ class Supervisor:
         gateway: Gateway | None = None
         try:
             await manager.start()
+            await self._start_storage(storage)
             gateway = await self._start_gateway(service)
             while not server.started:
                 if serving.done():
@@ -139,6 +144,7 @@ class Supervisor:
                 "pid": os.getpid(), "api": api_url, "home": str(self.home.root),
                 "version": __version__, "startedAt": self.started,
                 **({"gateway": gateway.url} if gateway else {}),
+                **({"s3": storage.url} if self.storage_error is None else {}),
             })
             log.info("API listening on %s (home %s), ready %.0f ms after process start",
                      api_url, self.home.root, process_age() * 1000)
@@ -152,6 +158,7 @@ class Supervisor:
                 await asyncio.wait_for(serving, 5)
             if gateway is not None:
                 await gateway.stop()
+            await storage.stop()
             await manager.stop()
             # `down` stops every workload; a kill -9 leaves them for the next `up` to adopt.
             for rec in reconcilers:
@@ -164,6 +171,17 @@ class Supervisor:
             sock.close()
             store.close()
             log.info("stopped")
+
+    async def _start_storage(self, storage: Storage) -> None:
+        """The S3 server; CloudLand runs on without it if its port is taken."""
+        try:
+            await storage.start()
+            self.storage_error = None
+        except OSError as exc:
+            self.storage_error = (f"the S3 server did not start on port {self.s3_port}: "
+                                  f"{exc.strerror or exc}; choose another with --s3-port "
+                                  "(0 picks a free one)")
+            log.error("%s", self.storage_error)
 
     async def _gateway_metrics(self) -> str:
         return await self.gateway.metrics() if self.gateway is not None else ""
@@ -186,7 +204,7 @@ class Supervisor:
         self.gateway = gateway
         return gateway
 
-    def health(self, manager: Any, runtimes: Any) -> dict[str, Any]:
+    def health(self, manager: Any, runtimes: Any, storage: Storage) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "api": {"healthy": True},
             "store": {"healthy": True, "path": str(self.home.store_path)},
@@ -195,6 +213,8 @@ class Supervisor:
         parts["runtime"] = runtimes.health()
         parts["gateway"] = (self.gateway.health() if self.gateway is not None
                             else {"healthy": False, "error": self.gateway_error})
+        parts["s3"] = (storage.health() if self.storage_error is None
+                       else {"healthy": False, "error": self.storage_error})
         return parts
 
 
@@ -222,9 +242,10 @@ def otlp_endpoint() -> str | None:
     return value.rstrip("/").removesuffix("/v1/traces")
 
 
-def run_foreground(home: Home, api_host: str, api_port: int, gateway_port: int = 8080) -> None:
+def run_foreground(home: Home, api_host: str, api_port: int, gateway_port: int = 8080,
+                   s3_port: int = 9000) -> None:
     """Run until signalled; uses uvloop when it is installed."""
-    supervisor = Supervisor(home, api_host, api_port, gateway_port)
+    supervisor = Supervisor(home, api_host, api_port, gateway_port, s3_port)
     try:
         import uvloop
 

@@ -1,0 +1,121 @@
+"""Object storage in `cloudland up`: the S3 server, its access keys and notifications.
+
+Access keys are Secrets in the `cloudland-system` namespace, labelled
+`cloudland.io/access-key` and named `s3-<access key id, lowercased>` (created by
+`cloudland keys create`), so they live in the store like everything else and the
+S3 server never needs a store of its own for them. Notification rules come from
+Bucket resources (the Bucket's name is the S3 bucket's name) and are kept in a
+map that follows Bucket changes, so a PUT costs a dict lookup, not a store query.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from pathlib import Path
+from typing import Any
+
+from cloudland.api.service import Change, ResourceService
+from cloudland.storage.events import Rule, S3Events, rules_from_spec
+from cloudland.storage.objects import ObjectStore
+from cloudland.storage.server import S3Server
+from cloudland.storage.sigv4 import Credentials
+
+log = logging.getLogger("cloudland.storage")
+
+KEYS_NAMESPACE = "cloudland-system"
+KEY_LABEL = "cloudland.io/access-key"
+KEY_PREFIX = "s3-"
+
+
+def key_secret_name(access_key: str) -> str:
+    return KEY_PREFIX + access_key.lower()
+
+
+class AccessKeys:
+    """Looks up an access key's secret in the store (Secrets labelled as access keys)."""
+
+    def __init__(self, service: ResourceService) -> None:
+        self.service = service
+
+    def __call__(self, access_key: str) -> Credentials | None:
+        if not access_key or len(access_key) > 128:
+            return None
+        obj = self.service.find("Secret", KEYS_NAMESPACE, key_secret_name(access_key))
+        if obj is None or KEY_LABEL not in (obj["metadata"].get("labels") or {}):
+            return None
+        data = obj.get("data") or {}
+        try:
+            key_id = base64.b64decode(data.get("accessKeyId", "")).decode()
+            secret = base64.b64decode(data.get("secretAccessKey", "")).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return Credentials(key_id, secret) if key_id == access_key and secret else None
+
+
+class BucketRules:
+    """Bucket name -> notification rules, following Bucket resources as they change."""
+
+    def __init__(self, service: ResourceService) -> None:
+        self.service = service
+        self._rules: dict[str, list[Rule]] = {}
+        self._unsubscribe: Any = None
+
+    def start(self) -> None:
+        self._unsubscribe = self.service.subscribe(self._on_change)
+        items, _ = self.service.list("Bucket")
+        for obj in items:
+            self._set(obj)
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+
+    def __call__(self, bucket: str) -> list[Rule]:
+        return self._rules.get(bucket, [])
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind != "Bucket":
+            return
+        if change.type == "DELETED":
+            self._rules.pop(change.object["metadata"]["name"], None)
+        else:
+            self._set(change.object)
+
+    def _set(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        self._rules[name] = rules_from_spec(obj.get("spec") or {}, name)
+
+
+class Storage:
+    """The object store, its S3 server and its event delivery, started and stopped as one."""
+
+    def __init__(self, service: ResourceService, root: Path, *, port: int,
+                 host: str = "127.0.0.1") -> None:
+        self.store = ObjectStore(root)
+        self.rules = BucketRules(service)
+        self.events = S3Events(self.rules)
+        self.server = S3Server(self.store, AccessKeys(service), host=host, port=port,
+                               events=self.events)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def start(self) -> None:
+        self.rules.start()
+        await self.events.start()
+        await self.server.start()
+        log.info("S3 listening on %s", self.url)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.events.stop()
+        self.rules.stop()
+        self.store.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"healthy": True, "url": self.url, "events": {
+            "delivered": self.events.delivered, "failed": self.events.failed,
+            "dropped": self.events.dropped}}

@@ -1,0 +1,955 @@
+"""The object store engine: buckets and objects, blobs on disk, metadata in SQLite.
+
+Layout under `root`:
+
+- `objects.db` — SQLite (WAL): buckets, objects, multipart uploads and their parts.
+- `blobs/ab/<id>` — one immutable file per object body or uploaded part, named by a
+  random hex id (`ab` = its first two characters). Keys never become paths, so no key
+  (`../../etc/passwd` included) can reach outside `root`.
+- `tmp/` — bodies being received. A `BlobWriter` fills one; `commit` flushes, fsyncs
+  and renames it into `blobs/`, then replaces the object's row in one transaction and
+  unlinks the blob it replaced. Readers that already opened the old blob keep reading
+  it (POSIX unlink semantics).
+
+Crash safety: a body is visible only once its row commits, and the row names a blob
+that was fsynced and renamed before. A crash before the rename leaves a file in `tmp/`;
+a crash between rename and commit (or between commit and unlinking the replaced blob)
+leaves a blob no row references. Opening the store empties `tmp/` and deletes those
+orphans, so after a kill -9 there is no object, no torn object and no stray file.
+
+Concurrency: one SQLite connection guarded by a lock; every call holds it only for a
+few indexed statements (never while streaming bytes). Concurrent writers on one key
+each fill their own temp file; commits are serialized, so the last complete write wins
+and no object ever mixes two bodies. One `ObjectStore` per root at a time (an flock on
+`root/lock` enforces it), since opening cleans files a live store may be writing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cloudland.storage.errors import (
+    S3Error,
+    invalid_argument,
+    no_such_bucket,
+    no_such_key,
+    no_such_upload,
+)
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+"""Every part of a multipart upload but the last must be at least this big (S3: 5 MiB)."""
+MAX_PART_NUMBER = 10_000
+MAX_KEY_BYTES = 1024
+COPY_CHUNK = 1024 * 1024
+
+_crc32c: Callable[[bytes, int], int] | None
+try:  # pragma: no cover - depends on what is installed
+    from crc32c import crc32c as _crc32c  # type: ignore[import-not-found,no-redef,unused-ignore]
+except ImportError:  # pragma: no cover
+    _crc32c = None
+
+SUPPORTED_CHECKSUMS: frozenset[str] = frozenset(
+    {"crc32", "sha1", "sha256"} | ({"crc32c"} if _crc32c is not None else set())
+)
+"""Checksum algorithms a BlobWriter can compute (lowercase, as in x-amz-checksum-<name>)."""
+
+Check = Callable[["ObjectInfo | None"], None]
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    name: str
+    created: float
+    region: str
+    public_read: bool
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str  # without quotes: hex md5, or "<md5 of part md5s>-N" for multipart
+    last_modified: float
+    content_type: str
+    metadata: dict[str, str]
+    headers: dict[str, str]
+    checksums: dict[str, str]
+    parts: list[int]
+    blob: str
+    version_id: str = "null"
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    common_prefixes: list[str]
+    truncated: bool
+    next_after: str  # the last key or common prefix returned ("" if none)
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    bucket: str
+    key: str
+    initiated: float
+    content_type: str
+    metadata: dict[str, str]
+    headers: dict[str, str]
+    checksums_algorithm: str | None = None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    number: int
+    etag: str  # hex md5, without quotes
+    size: int
+    last_modified: float
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+class _Crc:
+    """A running CRC (zlib.crc32 or crc32c) with a hashlib-like interface."""
+
+    def __init__(self, fn: Callable[[bytes, int], int]) -> None:
+        self._fn = fn
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = self._fn(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+def _hasher(name: str) -> Any:
+    if name == "crc32":
+        return _Crc(zlib.crc32)
+    if name == "crc32c":
+        assert _crc32c is not None
+        return _Crc(_crc32c)
+    return hashlib.new(name)
+
+
+def _unlink(path: Path | str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(file: BinaryIO, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        file.close()
+    _unlink(path)
+
+
+class BlobWriter:
+    """A temporary file being filled with an object body (or part); from `writer()`.
+
+    Hashes as it goes: md5 always, plus the checksums asked for (those in
+    SUPPORTED_CHECKSUMS; others are skipped silently — `digest` raises KeyError).
+    Hand it to `commit`/`put_part`, or `abort` it. Use it as a context manager to
+    abort on error. If it is dropped without either, its temp file is removed when
+    it is garbage-collected (and at the next open after a crash).
+    """
+
+    def __init__(self, tmp_dir: Path, checksums: tuple[str, ...] = ()) -> None:
+        self.id = secrets.token_hex(16)
+        self.path = tmp_dir / self.id
+        self.size = 0
+        self._file: BinaryIO = open(self.path, "xb", buffering=256 * 1024)  # noqa: SIM115
+        self._md5 = hashlib.md5()
+        self._hashes = {name.lower(): _hasher(name.lower()) for name in checksums
+                        if name.lower() in SUPPORTED_CHECKSUMS}
+        self._finalizer = weakref.finalize(self, _discard, self._file, self.path)
+        self._closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise ValueError("write to a finished or aborted BlobWriter")
+        self._file.write(data)
+        self._md5.update(data)
+        for h in self._hashes.values():
+            h.update(data)
+        self.size += data.nbytes if isinstance(data, memoryview) else len(data)
+
+    def md5_hex(self) -> str:
+        return self._md5.hexdigest()
+
+    def md5_bytes(self) -> bytes:
+        return self._md5.digest()
+
+    def digest(self, name: str) -> str:
+        """Base64 of checksum `name` ("crc32", "sha256", ...) of what was written so far."""
+        return base64.b64encode(self._hashes[name.lower()].digest()).decode()
+
+    def digests(self) -> dict[str, str]:
+        return {name: self.digest(name) for name in self._hashes}
+
+    def abort(self) -> None:
+        """Delete the temp file (idempotent; a no-op once committed)."""
+        self._closed = True
+        self._finalizer()
+
+    def _finish(self, sync: bool) -> None:
+        """Flush and fsync; the file stays in tmp/ until `_install`."""
+        if self._closed:
+            raise ValueError("BlobWriter already finished or aborted")
+        self._closed = True
+        self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _detach(self) -> None:
+        self._finalizer.detach()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    region TEXT NOT NULL,
+    public_read INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    checksums TEXT NOT NULL,
+    parts TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_blob ON objects (blob);
+CREATE TABLE IF NOT EXISTS uploads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    initiated REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    checksums_algorithm TEXT
+);
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    last_modified REAL NOT NULL,
+    checksums TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    PRIMARY KEY (upload_id, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
+"""
+
+_OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
+                   "checksums, parts, blob")
+_UPLOAD_COLUMNS = "id, bucket, key, initiated, content_type, metadata, headers, checksums_algorithm"
+
+
+def _loads(text: str) -> Any:
+    # Most objects have no metadata, headers or parts: skip the JSON decoder for those.
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
+
+
+def _object(row: tuple[Any, ...]) -> ObjectInfo:
+    return ObjectInfo(bucket=row[0], key=row[1], size=row[2], etag=row[3],
+                      last_modified=row[4], content_type=row[5],
+                      metadata=_loads(row[6]), headers=_loads(row[7]),
+                      checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10])
+
+
+def _bucket(row: tuple[Any, ...]) -> BucketInfo:
+    return BucketInfo(name=row[0], created=row[1], region=row[2], public_read=bool(row[3]))
+
+
+def _upload(row: tuple[Any, ...]) -> Upload:
+    return Upload(id=row[0], bucket=row[1], key=row[2], initiated=row[3], content_type=row[4],
+                  metadata=json.loads(row[5]), headers=json.loads(row[6]),
+                  checksums_algorithm=row[7])
+
+
+def _part(row: tuple[Any, ...]) -> PartInfo:
+    return PartInfo(number=row[0], etag=row[1], size=row[2], last_modified=row[3],
+                    checksums=json.loads(row[4]))
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix`.
+
+    Code point order is UTF-8 byte order (and SQLite's BINARY collation on TEXT), so
+    `prefix <= key < prefix_end(prefix)` selects exactly the keys with that prefix.
+    None when there is no such string (empty prefix, or only U+10FFFF characters).
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # surrogates are not valid in UTF-8: skip them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise invalid_argument("Object key must not be empty", "key", key)
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise invalid_argument("Object key is not valid UTF-8", "key") from None
+    if size > MAX_KEY_BYTES:
+        raise S3Error("KeyTooLongError", "Your key is too long", 400,
+                      MaxSizeAllowed=str(MAX_KEY_BYTES), Size=str(size))
+
+
+def _composite_checksum(algorithm: str, digests: list[str]) -> str:
+    """S3's COMPOSITE checksum: the checksum of the parts' binary checksums, "-N"."""
+    h = _hasher(algorithm)
+    for d in digests:
+        h.update(base64.b64decode(d))
+    return f"{base64.b64encode(h.digest()).decode()}-{len(digests)}"
+
+
+class ObjectStore:
+    """Buckets, objects and multipart uploads under `root` (see the module docstring).
+
+    Every method is synchronous and short (a few SQLite statements, a rename, an
+    fsync); streaming happens in `BlobWriter.write` and reads of `open_blob` files,
+    which the caller does outside the store's lock. `complete_upload` and `copy` may
+    copy bytes (copy_file_range) and belong in a worker thread.
+
+    `sync=True` (the default) fsyncs each blob, its directory and each commit
+    (SQLite synchronous=FULL), so a power loss cannot lose a blob a row names.
+    `sync=False` keeps crash safety against a kill -9 (what reaches the OS survives
+    it) and is faster.
+    """
+
+    def __init__(self, root: Path, *, sync: bool = True) -> None:
+        self.root = Path(root)
+        self.sync = sync
+        self.blobs = self.root / "blobs"
+        self.tmp = self.root / "tmp"
+        for d in (self.root, self.blobs, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(self.root / "lock", "a+b")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockfile.close()
+            raise RuntimeError(f"{self.root} is in use by another ObjectStore") from None
+        self._lock = threading.RLock()
+        self._made_dirs: set[str] = set()
+        self._db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._tx():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+        self._recover()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._lockfile.close()
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """The lock plus one IMMEDIATE transaction; rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def blob_path(self, blob: str) -> Path:
+        return self.blobs / blob[:2] / blob
+
+    def _install(self, tmp_path: Path, blob: str) -> Path:
+        """Rename a finished (fsynced) temp file into blobs/; return its new path."""
+        sub = blob[:2]
+        directory = self.blobs / sub
+        if sub not in self._made_dirs:
+            directory.mkdir(exist_ok=True)
+            self._made_dirs.add(sub)
+        path = directory / blob
+        os.rename(tmp_path, path)
+        if self.sync:
+            _fsync_dir(directory)
+        return path
+
+    def _recover(self) -> None:
+        """Empty tmp/ and delete blobs no row references (leftovers of a crash)."""
+        for entry in os.scandir(self.tmp):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                _unlink(entry.path)
+        for sub in os.scandir(self.blobs):
+            if not sub.is_dir(follow_symlinks=False):
+                _unlink(sub.path)
+                continue
+            names = {e.name for e in os.scandir(sub.path)}
+            if not names:
+                continue
+            lo, hi = sub.name, prefix_end(sub.name) or "\U0010ffff"
+            with self._lock:
+                used = {r[0] for r in self._db.execute(
+                    "SELECT blob FROM objects WHERE blob >= ? AND blob < ? "
+                    "UNION SELECT blob FROM parts WHERE blob >= ? AND blob < ?",
+                    (lo, hi, lo, hi))}
+            for name in names - used:
+                _unlink(os.path.join(sub.path, name))
+
+    def _require_bucket(self, db: sqlite3.Connection, bucket: str) -> None:
+        if db.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+            raise no_such_bucket(bucket)
+
+    def _get_object(self, db: sqlite3.Connection, bucket: str, key: str) -> ObjectInfo | None:
+        row = db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                         (bucket, key)).fetchone()
+        return _object(row) if row else None
+
+    def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (info.bucket, info.key, info.size, info.etag, info.last_modified,
+             info.content_type, _dumps(info.metadata), _dumps(info.headers),
+             _dumps(info.checksums), _dumps(info.parts), info.blob))
+
+    def _replace(self, info: ObjectInfo, check: Check | None) -> ObjectInfo:
+        """Check and write `info`'s row in one transaction; unlink the replaced blob.
+
+        On any error the new blob is unlinked (its row was never committed).
+        """
+        with self._lock:
+            try:
+                with self._tx() as db:
+                    self._require_bucket(db, info.bucket)
+                    current = self._get_object(db, info.bucket, info.key)
+                    if check is not None:
+                        check(current)
+                    self._put_object(db, info)
+            except BaseException:
+                _unlink(self.blob_path(info.blob))
+                raise
+            # After COMMIT, still under the lock: open_object never sees a row whose
+            # blob is gone, and a failed commit never loses the old blob.
+            if current is not None and current.blob != info.blob:
+                _unlink(self.blob_path(current.blob))
+        return info
+
+    # -- buckets ----------------------------------------------------------------------
+
+    def create_bucket(self, name: str, region: str = "us-east-1") -> BucketInfo:
+        info = BucketInfo(name=name, created=time.time(), region=region, public_read=False)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone():
+                raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the "
+                              "named bucket succeeded and you already own it.", 409,
+                              BucketName=name)
+            db.execute("INSERT INTO buckets VALUES (?, ?, ?, 0)", (name, info.created, region))
+        return info
+
+    def delete_bucket(self, name: str) -> None:
+        with self._tx() as db:
+            self._require_bucket(db, name)
+            if (db.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone()
+                    or db.execute("SELECT 1 FROM uploads WHERE bucket = ? LIMIT 1",
+                                  (name,)).fetchone()):
+                raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty",
+                              409, BucketName=name)
+            db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+
+    def bucket(self, name: str) -> BucketInfo:
+        with self._lock:
+            row = self._db.execute("SELECT name, created, region, public_read FROM buckets "
+                                   "WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise no_such_bucket(name)
+        return _bucket(row)
+
+    def list_buckets(self, *, prefix: str = "", start_after: str = "",
+                     max_buckets: int = 10000) -> tuple[list[BucketInfo], bool]:
+        if max_buckets <= 0:
+            return [], False
+        sql = "SELECT name, created, region, public_read FROM buckets WHERE name > ?"
+        args: list[Any] = [start_after]
+        if prefix:
+            sql += " AND name >= ?"
+            args.append(prefix)
+            end = prefix_end(prefix)
+            if end is not None:
+                sql += " AND name < ?"
+                args.append(end)
+        sql += " ORDER BY name LIMIT ?"
+        args.append(max_buckets + 1)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_bucket(r) for r in rows[:max_buckets]], len(rows) > max_buckets
+
+    def set_public_read(self, name: str, public: bool) -> None:
+        with self._tx() as db:
+            if db.execute("UPDATE buckets SET public_read = ? WHERE name = ?",
+                          (int(public), name)).rowcount == 0:
+                raise no_such_bucket(name)
+
+    # -- objects ----------------------------------------------------------------------
+
+    def writer(self, checksums: tuple[str, ...] = ()) -> BlobWriter:
+        return BlobWriter(self.tmp, checksums)
+
+    def commit(self, bucket: str, key: str, writer: BlobWriter, *,
+               content_type: str = "binary/octet-stream",
+               metadata: dict[str, str] | None = None,
+               headers: dict[str, str] | None = None,
+               checksums: dict[str, str] | None = None,
+               check: Check | None = None) -> ObjectInfo:
+        """Make what `writer` holds the object `bucket/key` (last complete commit wins).
+
+        `check(current)` runs inside the transaction, against the object it would
+        replace (None if absent); raising refuses the write. `checksums` are stored as
+        given (the server verified them); when None, those the writer computed are kept.
+        On any error the writer's bytes are discarded.
+        """
+        try:
+            _check_key(key)
+            writer._finish(self.sync)
+            self._install(writer.path, writer.id)
+            writer._detach()
+        except BaseException:
+            writer.abort()
+            raise
+        info = ObjectInfo(
+            bucket=bucket, key=key, size=writer.size, etag=writer.md5_hex(),
+            last_modified=time.time(), content_type=content_type,
+            metadata=dict(metadata or {}), headers=dict(headers or {}),
+            checksums=dict(checksums) if checksums is not None else writer.digests(),
+            parts=[], blob=writer.id)
+        return self._replace(info, check)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        with self._lock:
+            info = self._get_object(self._db, bucket, key)
+            if info is None:
+                self._require_bucket(self._db, bucket)
+                raise no_such_key(key)
+        return info
+
+    def open_blob(self, info: ObjectInfo) -> BinaryIO:
+        """Open `info`'s body for reading (seek for ranges). Stays readable while open,
+        even if the object is replaced or deleted meanwhile. NoSuchKey if the blob was
+        already replaced before this call: prefer `open_object`, which cannot race."""
+        try:
+            return open(self.blob_path(info.blob), "rb")
+        except FileNotFoundError:
+            raise no_such_key(info.key) from None
+
+    def open_object(self, bucket: str, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        """`head` and `open_blob` at once, atomically with respect to writers."""
+        with self._lock:
+            info = self.head(bucket, key)
+            return info, open(self.blob_path(info.blob), "rb")
+
+    def delete(self, bucket: str, key: str) -> ObjectInfo | None:
+        with self._lock:
+            with self._tx() as db:
+                self._require_bucket(db, bucket)
+                info = self._get_object(db, bucket, key)
+                if info is None:
+                    return None
+                db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+            _unlink(self.blob_path(info.blob))
+        return info
+
+    def copy(self, src: ObjectInfo, bucket: str, key: str, *,
+             content_type: str | None = None,
+             metadata: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None,
+             check: Check | None = None) -> ObjectInfo:
+        """Copy `src` (as read by head) to `bucket/key`: a new blob hard-linked to the
+        source's (blobs are immutable), same size, etag, parts and checksums. Each of
+        content_type, metadata and headers is replaced when given, else copied.
+        NoSuchKey if `src` was replaced or deleted since it was read."""
+        _check_key(key)
+        blob = secrets.token_hex(16)
+        sub = self.blobs / blob[:2]
+        sub.mkdir(exist_ok=True)
+        dest = sub / blob
+        with self._lock:  # the source blob cannot be unlinked while we link it
+            try:
+                os.link(self.blob_path(src.blob), dest)
+            except FileNotFoundError:
+                raise no_such_key(src.key) from None
+            except OSError:  # no hard links here: copy the bytes
+                self._copy_file(self.blob_path(src.blob), dest)
+        if self.sync:
+            _fsync_dir(sub)
+        info = ObjectInfo(
+            bucket=bucket, key=key, size=src.size, etag=src.etag, last_modified=time.time(),
+            content_type=src.content_type if content_type is None else content_type,
+            metadata=dict(src.metadata if metadata is None else metadata),
+            headers=dict(src.headers if headers is None else headers),
+            checksums=dict(src.checksums), parts=list(src.parts), blob=blob)
+        return self._replace(info, check)
+
+    def _copy_file(self, source: Path, dest: Path) -> None:
+        tmp = self.tmp / secrets.token_hex(16)
+        try:
+            with open(source, "rb") as s, open(tmp, "xb") as d:
+                _append(s.fileno(), d.fileno(), os.fstat(s.fileno()).st_size)
+                if self.sync:
+                    os.fsync(d.fileno())
+            os.rename(tmp, dest)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def list_objects(self, bucket: str, *, prefix: str = "", delimiter: str = "",
+                     start_after: str = "", max_keys: int = 1000) -> ListPage:
+        """One page of keys > start_after starting with prefix, in UTF-8 byte order.
+
+        With a delimiter, keys whose remainder after the prefix contains it roll up into
+        one common prefix (counted once toward max_keys); the keys under a common prefix
+        are skipped with one indexed query. A common prefix <= start_after is not
+        repeated (a continuation from it, or from a key inside it, resumes after it).
+        """
+        with self._lock:
+            self._require_bucket(self._db, bucket)
+            if max_keys <= 0:
+                return ListPage([], [], False, "")
+            upper = prefix_end(prefix) if prefix else None
+            # The cursor: keys > after (or >= after when inclusive).
+            after, inclusive = start_after, False
+            if prefix > start_after:
+                after, inclusive = prefix, True
+            objects: list[ObjectInfo] = []
+            prefixes: list[str] = []
+            last = ""
+            count = 0
+            while True:
+                sql = (f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key "
+                       f"{'>=' if inclusive else '>'} ?")
+                args: list[Any] = [bucket, after]
+                if upper is not None:
+                    sql += " AND key < ?"
+                    args.append(upper)
+                sql += " ORDER BY key LIMIT ?"
+                args.append(max_keys - count + 1)  # one more row says "truncated"
+                cursor = self._db.execute(sql, args)
+                jumped = False
+                for row in cursor:
+                    if count == max_keys:
+                        cursor.close()
+                        return ListPage(objects, prefixes, True, last)
+                    key: str = row[1]
+                    if delimiter:
+                        i = key.find(delimiter, len(prefix))
+                        if i >= 0:
+                            common = key[:i + len(delimiter)]
+                            if common > start_after:
+                                prefixes.append(common)
+                                last = common
+                                count += 1
+                            cursor.close()
+                            end = prefix_end(common)
+                            if end is None:
+                                return ListPage(objects, prefixes, False, last)
+                            # Skip every key under the common prefix with one seek.
+                            after, inclusive, jumped = end, True, True
+                            break
+                    objects.append(_object(row))
+                    last = key
+                    count += 1
+                    after, inclusive = key, False
+                if not jumped:  # fewer rows than the LIMIT: nothing more
+                    return ListPage(objects, prefixes, False, last)
+
+    # -- multipart uploads --------------------------------------------------------------
+
+    def create_upload(self, bucket: str, key: str, *, content_type: str = "binary/octet-stream",
+                      metadata: dict[str, str] | None = None,
+                      headers: dict[str, str] | None = None,
+                      checksums_algorithm: str | None = None) -> str:
+        _check_key(key)
+        upload_id = secrets.token_urlsafe(24)
+        algorithm = checksums_algorithm.lower() if checksums_algorithm else None
+        with self._tx() as db:
+            self._require_bucket(db, bucket)
+            db.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (upload_id, bucket, key, time.time(), content_type,
+                        _dumps(metadata or {}), _dumps(headers or {}), algorithm))
+        return upload_id
+
+    def _get_upload(self, db: sqlite3.Connection, upload_id: str) -> Upload:
+        row = db.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?",
+                         (upload_id,)).fetchone()
+        if row is None:
+            raise no_such_upload(upload_id)
+        return _upload(row)
+
+    def upload(self, upload_id: str) -> Upload:
+        with self._lock:
+            return self._get_upload(self._db, upload_id)
+
+    def put_part(self, upload_id: str, number: int, writer: BlobWriter, *,
+                 checksums: dict[str, str] | None = None) -> PartInfo:
+        """Store `writer`'s bytes as part `number` (1..10000), replacing an earlier one."""
+        try:
+            if not 1 <= number <= MAX_PART_NUMBER:
+                raise invalid_argument(f"Part number must be an integer between 1 and "
+                                       f"{MAX_PART_NUMBER}, inclusive", "partNumber",
+                                       str(number))
+            self.upload(upload_id)  # fail early, before the fsync
+            writer._finish(self.sync)
+            self._install(writer.path, writer.id)
+            writer._detach()
+        except BaseException:
+            writer.abort()
+            raise
+        part = PartInfo(number=number, etag=writer.md5_hex(), size=writer.size,
+                        last_modified=time.time(),
+                        checksums=dict(checksums) if checksums is not None
+                        else writer.digests())
+        try:
+            with self._tx() as db:
+                self._get_upload(db, upload_id)
+                old = db.execute("SELECT blob FROM parts WHERE upload_id = ? AND number = ?",
+                                 (upload_id, number)).fetchone()
+                db.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (upload_id, number, part.etag, part.size, part.last_modified,
+                            _dumps(part.checksums), writer.id))
+        except BaseException:
+            _unlink(self.blob_path(writer.id))
+            raise
+        if old is not None:  # after COMMIT; complete_upload already holds an fd if reading
+            _unlink(self.blob_path(old[0]))
+        return part
+
+    def complete_upload(self, upload_id: str, parts: list[tuple[int, str]], *,
+                        check: Check | None = None) -> ObjectInfo:
+        """Join the listed parts into the object (streaming, copy_file_range) and commit
+        it like `commit`; the upload and all its parts are then gone."""
+        if not parts:
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did "
+                          "not validate against our published schema", 400)
+        numbers = [n for n, _ in parts]
+        if any(b <= a for a, b in itertools.pairwise(numbers)):
+            raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order. "
+                          "The parts list must be specified in order by part number.", 400,
+                          UploadId=upload_id)
+        files: list[BinaryIO] = []
+        try:
+            with self._lock:
+                upload = self._get_upload(self._db, upload_id)
+                stored = {r[0]: (_part(r[:5]), r[5]) for r in self._db.execute(
+                    "SELECT number, etag, size, last_modified, checksums, blob FROM parts "
+                    "WHERE upload_id = ?", (upload_id,))}
+                chosen: list[PartInfo] = []
+                for i, (number, etag) in enumerate(parts):
+                    found = stored.get(number)
+                    if found is None or found[0].etag.lower() != etag.strip('"').lower():
+                        raise S3Error("InvalidPart", "One or more of the specified parts could "
+                                      "not be found. The part may not have been uploaded, or "
+                                      "the specified entity tag may not match the part's "
+                                      "entity tag.", 400, UploadId=upload_id,
+                                      PartNumber=str(number), ETag=etag)
+                    part = found[0]
+                    if i < len(parts) - 1 and part.size < MIN_PART_SIZE:
+                        raise S3Error("EntityTooSmall", "Your proposed upload is smaller than "
+                                      "the minimum allowed object size.", 400,
+                                      ProposedSize=str(part.size),
+                                      MinSizeAllowed=str(MIN_PART_SIZE),
+                                      PartNumber=str(number), ETag=part.etag)
+                    chosen.append(part)
+                # Open every part now: a concurrent put_part or abort may unlink them.
+                for number, _ in parts:
+                    files.append(open(self.blob_path(stored[number][1]), "rb"))  # noqa: SIM115
+            blob = secrets.token_hex(16)
+            tmp = self.tmp / blob
+            try:
+                with open(tmp, "xb") as out:
+                    for part, f in zip(chosen, files, strict=True):
+                        _append(f.fileno(), out.fileno(), part.size)
+                    if self.sync:
+                        os.fsync(out.fileno())
+                self._install(tmp, blob)
+            except BaseException:
+                _unlink(tmp)
+                raise
+        finally:
+            for f in files:
+                f.close()
+        md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
+        checksums: dict[str, str] = {}
+        algorithm = upload.checksums_algorithm
+        if algorithm in SUPPORTED_CHECKSUMS and all(algorithm in p.checksums for p in chosen):
+            checksums[algorithm] = _composite_checksum(
+                algorithm, [p.checksums[algorithm] for p in chosen])
+        info = ObjectInfo(
+            bucket=upload.bucket, key=upload.key, size=sum(p.size for p in chosen),
+            etag=f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}", last_modified=time.time(),
+            content_type=upload.content_type, metadata=upload.metadata,
+            headers=upload.headers, checksums=checksums, parts=[p.size for p in chosen],
+            blob=blob)
+
+        def check_and_finish(current: ObjectInfo | None) -> None:
+            # Same transaction as the object's row: the upload must still exist.
+            self._get_upload(self._db, upload_id)
+            if check is not None:
+                check(current)
+            part_blobs = [r[0] for r in self._db.execute(
+                "SELECT blob FROM parts WHERE upload_id = ?", (upload_id,))]
+            self._db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+            self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            finished.extend(part_blobs)
+
+        finished: list[str] = []
+        result = self._replace(info, check_and_finish)
+        for b in finished:
+            _unlink(self.blob_path(b))
+        return result
+
+    def abort_upload(self, upload_id: str) -> None:
+        with self._tx() as db:
+            self._get_upload(db, upload_id)
+            blobs = [r[0] for r in db.execute("SELECT blob FROM parts WHERE upload_id = ?",
+                                              (upload_id,))]
+            db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        for b in blobs:
+            _unlink(self.blob_path(b))
+
+    def list_uploads(self, bucket: str, *, prefix: str = "", key_marker: str = "",
+                     upload_id_marker: str = "",
+                     max_uploads: int = 1000) -> tuple[list[Upload], bool]:
+        """In-progress uploads sorted by key, then by initiation; S3 marker semantics:
+        after key_marker, or (with upload_id_marker) after that upload of key_marker."""
+        with self._lock:
+            self._require_bucket(self._db, bucket)
+            if max_uploads <= 0:
+                return [], False
+            seq = None
+            if key_marker and upload_id_marker:
+                row = self._db.execute("SELECT seq FROM uploads WHERE id = ? AND bucket = ? "
+                                       "AND key = ?", (upload_id_marker, bucket,
+                                                       key_marker)).fetchone()
+                seq = row[0] if row else None
+            if seq is not None:
+                where = "(key > ? OR (key = ? AND seq > ?))"
+                args: list[Any] = [key_marker, key_marker, seq]
+            else:
+                where, args = "key > ?", [key_marker]
+            sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE bucket = ? AND {where}"
+            args.insert(0, bucket)
+            if prefix:
+                sql += " AND key >= ?"
+                args.append(prefix)
+                end = prefix_end(prefix)
+                if end is not None:
+                    sql += " AND key < ?"
+                    args.append(end)
+            sql += " ORDER BY key, seq LIMIT ?"
+            args.append(max_uploads + 1)
+            rows = self._db.execute(sql, args).fetchall()
+        return [_upload(r) for r in rows[:max_uploads]], len(rows) > max_uploads
+
+    def list_parts(self, upload_id: str, *, part_number_marker: int = 0,
+                   max_parts: int = 1000) -> tuple[list[PartInfo], bool]:
+        with self._lock:
+            self._get_upload(self._db, upload_id)
+            if max_parts <= 0:
+                return [], False
+            rows = self._db.execute(
+                "SELECT number, etag, size, last_modified, checksums FROM parts "
+                "WHERE upload_id = ? AND number > ? ORDER BY number LIMIT ?",
+                (upload_id, part_number_marker, max_parts + 1)).fetchall()
+        return [_part(r) for r in rows[:max_parts]], len(rows) > max_parts
+
+
+def _append(src_fd: int, dst_fd: int, size: int) -> None:
+    """Append `size` bytes of src (from its offset 0) to dst, in the kernel if possible."""
+    offset = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    while offset < size and copy_range is not None:
+        try:
+            n = copy_range(src_fd, dst_fd, size - offset, offset)
+        except OSError:
+            copy_range = None
+            break
+        if n == 0:
+            break
+        offset += n
+    while offset < size:
+        data = os.pread(src_fd, min(COPY_CHUNK, size - offset), offset)
+        if not data:
+            raise OSError(f"part blob shorter than recorded ({offset} < {size} bytes)")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dst_fd, view):]
+        offset += len(data)

@@ -1,0 +1,886 @@
+"""The S3 REST API over HTTP (aiohttp), on its own port.
+
+One handler takes every request: it finds the bucket and key (path-style
+`/bucket/key`, or virtual-host style `bucket.<domain>`), authenticates it
+(`sigv4.verify`: header or presigned query; anonymous only for reads of a
+public-read bucket), picks the operation from method + subresources, and turns
+any `S3Error` into S3's XML error body. Request bodies stream through
+`sigv4.PayloadVerifier` (aws-chunked framing, payload hashes, checksums) into a
+`BlobWriter`; nothing is committed until the whole body has arrived and checked
+out, so a truncated or tampered upload never becomes an object. Every committed
+change is handed to `events` without waiting for delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import logging
+import re
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+from aiohttp import web
+
+from cloudland.storage import s3xml
+from cloudland.storage.errors import S3Error, invalid_argument, precondition_failed
+from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore
+from cloudland.storage.s3xml import Node, document, iso8601
+from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, verify
+
+log = logging.getLogger("cloudland.s3")
+
+MAX_KEY_BYTES = 1024
+MAX_METADATA_BYTES = 2048  # user metadata, names and values, as S3 counts it
+MAX_OBJECT_BYTES = 5 << 30  # a single PUT (multipart for more)
+MAX_XML_BYTES = 2 << 20  # DeleteObjects of 1,000 long keys fits
+MAX_DELETE_KEYS = 1000
+MAX_PART_NUMBER = 10000
+CHUNK = 1 << 20
+SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+STORED_HEADERS = ("content-encoding", "content-disposition", "content-language",
+                  "cache-control", "expires")
+
+Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+CredentialLookup = Callable[[str], Credentials | None]
+
+
+class EventSink(Protocol):
+    """Where committed changes go (`events.S3Events`); `publish` must not block."""
+
+    def publish(self, kind: str, info: ObjectInfo, *, request_id: str,
+                source_ip: str) -> None: ...
+
+
+@dataclass
+class Call:
+    """One request, parsed: who sent it, to which bucket and key, with which query."""
+
+    request: web.Request
+    bucket: str
+    key: str
+    query: Mapping[str, str]
+    verified: Verified | None
+    request_id: str
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def headers(self) -> Any:
+        return self.request.headers
+
+
+def check_bucket_name(name: str) -> str:
+    if (not BUCKET_NAME.match(name) or ".." in name or IP_ADDRESS.match(name)
+            or name.startswith("xn--") or name.endswith("-s3alias")):
+        raise S3Error("InvalidBucketName", "The specified bucket is not valid: bucket names "
+                      "are 3-63 characters of lowercase letters, digits, dots and hyphens, "
+                      "starting and ending with a letter or digit", 400, BucketName=name)
+    return name
+
+
+def check_key(key: str) -> str:
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise S3Error("KeyTooLongError", "Your key is too long (the limit is 1,024 bytes "
+                      "of UTF-8)", 400, Size=str(len(key.encode())), MaxSizeAllowed="1024")
+    if not key:
+        raise S3Error("InvalidRequest", "A key must not be empty", 400)
+    return key
+
+
+def http_date(when: float) -> str:
+    return email.utils.formatdate(when, usegmt=True)
+
+
+def quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def unquote_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    return any(v.strip() == "*" or unquote_etag(v) == etag for v in header.split(","))
+
+
+def _parse_http_date(value: str) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed.timestamp() if parsed else None
+
+
+def read_conditions(headers: Mapping[str, str], info: ObjectInfo | None, *,
+                    prefix: str = "if-", for_read: bool = True) -> int | None:
+    """RFC 7232 preconditions as S3 applies them: 412 raised, 304 returned (reads)."""
+    if_match = headers.get(f"{prefix}match")
+    if_none = headers.get(f"{prefix}none-match")
+    since = headers.get(f"{prefix}modified-since")
+    unmodified = headers.get(f"{prefix}unmodified-since")
+    if if_match is not None:
+        if info is None or not _etag_matches(if_match, info.etag):
+            raise precondition_failed("If-Match")
+    elif unmodified is not None and info is not None:
+        when = _parse_http_date(unmodified)
+        if when is not None and int(info.last_modified) > when:
+            raise precondition_failed("If-Unmodified-Since")
+    if if_none is not None and info is not None and _etag_matches(if_none, info.etag):
+        if for_read:
+            return 304
+        raise precondition_failed("If-None-Match")
+    if if_none is None and since is not None and info is not None and for_read:
+        when = _parse_http_date(since)
+        if when is not None and int(info.last_modified) <= when:
+            return 304
+    return None
+
+
+def write_check(headers: Mapping[str, str]) -> Callable[[ObjectInfo | None], None] | None:
+    """If-Match / If-None-Match on a write, checked against the current object inside
+    the store's commit transaction (so two writers cannot both pass)."""
+    if_match, if_none = headers.get("if-match"), headers.get("if-none-match")
+    if if_match is None and if_none is None:
+        return None
+
+    def check(current: ObjectInfo | None) -> None:
+        if if_match is not None and (current is None or not _etag_matches(if_match,
+                                                                          current.etag)):
+            raise precondition_failed("If-Match")
+        if if_none is not None and current is not None and _etag_matches(if_none,
+                                                                         current.etag):
+            raise precondition_failed("If-None-Match")
+    return check
+
+
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    meta = {k.lower()[len("x-amz-meta-"):]: v for k, v in headers.items()
+            if k.lower().startswith("x-amz-meta-")}
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    if size > MAX_METADATA_BYTES:
+        raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed "
+                      "metadata size", 400, Size=str(size), MaxSizeAllowed=str(MAX_METADATA_BYTES))
+    return meta
+
+
+def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {h: headers[h] for h in STORED_HEADERS if h in headers}
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """'bytes=a-b' -> (start, end inclusive); None to serve the whole object (a range
+    S3 ignores: malformed or several); InvalidRange 416 if it cannot be satisfied."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value)
+    if not match or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # the last N bytes
+        n = int(last)
+        if n == 0:
+            raise _invalid_range(size)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise _invalid_range(size)
+    return start, end
+
+
+def _invalid_range(size: int) -> S3Error:
+    return S3Error("InvalidRange", "The requested range is not satisfiable", 416,
+                   ActualObjectSize=str(size))
+
+
+class S3Server:
+    """The S3 API on `host:port` for one `ObjectStore`."""
+
+    def __init__(self, store: ObjectStore, credentials: CredentialLookup, *,
+                 host: str = "127.0.0.1", port: int = 0, domain: str = "localhost",
+                 region: str = "us-east-1", events: EventSink | None = None) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.host, self.port = host, port
+        self.domain = domain
+        self.region = region
+        self.events = events
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=MAX_XML_BYTES, handler_args={
+            "max_line_size": 16384, "max_field_size": 16384})
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        if server is not None and self.port == 0:
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ---- the one handler --------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = secrets.token_hex(8).upper()
+        resource = request.rel_url.raw_path
+        try:
+            call = self._call(request, request_id)
+            response = await self._dispatch(call)
+        except S3Error as err:
+            if request.method == "HEAD":  # no body: the status and headers say it
+                response = web.Response(status=err.status)
+            else:
+                err.resource = err.resource or urllib.parse.unquote(resource)
+                response = web.Response(status=err.status,
+                                        body=s3xml.error_document(err, request_id),
+                                        content_type="application/xml")
+            if err.code == "InvalidRange" and "ActualObjectSize" in err.extra:
+                response.headers["Content-Range"] = f"bytes */{err.extra['ActualObjectSize']}"
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:  # a bug: log it, answer S3's InternalError, keep serving
+            log.exception("S3 %s %s failed", request.method, resource)
+            response = web.Response(status=500, content_type="application/xml",
+                                    body=s3xml.error_document(S3Error(
+                                        "InternalError", "We encountered an internal error. "
+                                        "Please try again.", 500), request_id))
+        response.headers["x-amz-request-id"] = request_id
+        response.headers.setdefault("Server", "CloudLand")
+        return response
+
+    def _call(self, request: web.Request, request_id: str) -> Call:
+        raw_path = request.rel_url.raw_path
+        raw_query = request.rel_url.raw_query_string
+        query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+        bucket, key = self._locate(request, raw_path)
+        verified = verify(request.method, raw_path, raw_query, request.headers,
+                          self.credentials)
+        return Call(request, bucket, key, query, verified, request_id)
+
+    def _locate(self, request: web.Request, raw_path: str) -> tuple[str, str]:
+        host = (request.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+        suffix = "." + self.domain
+        path = urllib.parse.unquote(raw_path[1:] if raw_path.startswith("/") else raw_path)
+        if host.endswith(suffix) and host != self.domain:  # virtual-host style
+            return host[: -len(suffix)], path
+        bucket, _, key = path.partition("/")
+        return bucket, key
+
+    async def _dispatch(self, call: Call) -> web.StreamResponse:
+        if not call.bucket:
+            if call.method != "GET":
+                raise S3Error("MethodNotAllowed", "The specified method is not allowed "
+                              "against this resource.", 405)
+            self._authorize(call, public=False)
+            return self._list_buckets(call)
+        if call.method == "PUT" and not call.key:
+            check_bucket_name(call.bucket)
+        handler = self._route(call)
+        return await handler(call)
+
+    def _route(self, call: Call) -> Handler:
+        q, m = call.query, call.method
+        if not call.key:
+            table: dict[str, Handler] = {"PUT": self._create_bucket,
+                                         "DELETE": self._delete_bucket,
+                                         "HEAD": self._head_bucket}
+            if m == "GET":
+                if "location" in q:
+                    return self._location
+                if "uploads" in q:
+                    return self._list_uploads
+                if "versions" in q:
+                    return self._list_versions
+                return self._list_objects
+            if m == "POST" and "delete" in q:
+                return self._delete_objects
+            if m in table:
+                return table[m]
+        else:
+            if m == "PUT":
+                if "partNumber" in q or "uploadId" in q:
+                    return self._upload_part
+                return self._copy_object if "x-amz-copy-source" in call.headers \
+                    else self._put_object
+            if m in ("GET", "HEAD"):
+                return self._list_parts if "uploadId" in q and m == "GET" else self._get_object
+            if m == "DELETE":
+                return self._abort_upload if "uploadId" in q else self._delete_object
+            if m == "POST":
+                if "uploads" in q:
+                    return self._create_upload
+                if "uploadId" in q:
+                    return self._complete_upload
+        raise S3Error("MethodNotAllowed", "The specified method is not allowed against this "
+                      "resource.", 405, Method=m, ResourceType="OBJECT" if call.key else "BUCKET")
+
+    def _authorize(self, call: Call, *, public: bool) -> None:
+        """Signed requests pass (verify checked them); anonymous ones only read public data."""
+        if call.verified is not None:
+            return
+        if public and call.method in ("GET", "HEAD"):
+            try:
+                if self.store.bucket(call.bucket).public_read:
+                    return
+            except S3Error:
+                pass
+        raise S3Error("AccessDenied", "Access Denied: sign the request with a CloudLand "
+                      "access key (cloudland keys create)", 403)
+
+    # ---- service and buckets ---------------------------------------------------------
+
+    def _list_buckets(self, call: Call) -> web.Response:
+        q = call.query
+        limit = _int_arg(q, "max-buckets", 10000, 1, 10000)
+        after = _token(q.get("continuation-token", ""))
+        buckets, truncated = self.store.list_buckets(prefix=q.get("prefix", ""),
+                                                     start_after=after, max_buckets=limit)
+        nodes: list[Node] = [
+            ("Buckets", [("Bucket", [("Name", b.name), ("CreationDate", iso8601(b.created)),
+                                     ("BucketRegion", b.region)]) for b in buckets]),
+            ("Owner", [("ID", "cloudland"), ("DisplayName", "cloudland")]),
+        ]
+        if truncated and buckets:
+            nodes.append(("ContinuationToken", _make_token(buckets[-1].name)))
+        if q.get("prefix"):
+            nodes.append(("Prefix", q["prefix"]))
+        return _xml(document("ListAllMyBucketsResult", nodes))
+
+    async def _create_bucket(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        body = await _small_body(call)
+        region = self.region
+        if body.strip():
+            root = s3xml.parse(body)
+            region = s3xml.child_text(root, "LocationConstraint") or self.region
+        self.store.create_bucket(call.bucket, region=region)
+        if call.headers.get("x-amz-acl") == "public-read":
+            self.store.set_public_read(call.bucket, True)
+        return web.Response(status=200, headers={"Location": f"/{call.bucket}"})
+
+    async def _delete_bucket(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        self.store.delete_bucket(call.bucket)
+        return web.Response(status=204)
+
+    async def _head_bucket(self, call: Call) -> web.Response:
+        self._authorize(call, public=True)
+        info = self.store.bucket(call.bucket)
+        return web.Response(status=200, headers={"x-amz-bucket-region": info.region})
+
+    async def _location(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        info = self.store.bucket(call.bucket)
+        region = None if info.region == "us-east-1" else info.region
+        body = document("LocationConstraint", [])
+        if region:
+            body = body.replace(b"/>", f">{region}</LocationConstraint>".encode(), 1)
+        return _xml(body)
+
+    # ---- listing ---------------------------------------------------------------------
+
+    async def _list_objects(self, call: Call) -> web.Response:
+        self._authorize(call, public=True)
+        q = call.query
+        v2 = q.get("list-type") == "2"
+        if "list-type" in q and not v2:
+            raise invalid_argument("Invalid List Type specified", "list-type", q["list-type"])
+        encode = _encoder(q)
+        limit = _int_arg(q, "max-keys", 1000, 0, None)
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        if v2:
+            token = q.get("continuation-token")
+            after = _token(token) if token is not None else q.get("start-after", "")
+        else:
+            after = q.get("marker", "")
+        page = self.store.list_objects(call.bucket, prefix=prefix, delimiter=delimiter,
+                                       start_after=after, max_keys=min(limit, 1000))
+        owner = v2 is False or q.get("fetch-owner") == "true"
+        nodes: list[Node] = [("Name", call.bucket), ("Prefix", encode(prefix))]
+        if v2:
+            nodes += [("StartAfter", encode(q["start-after"]) if "start-after" in q else None),
+                      ("ContinuationToken", q.get("continuation-token")),
+                      ("KeyCount", len(page.objects) + len(page.common_prefixes))]
+            if page.truncated:
+                nodes.append(("NextContinuationToken", _make_token(page.next_after)))
+        else:
+            nodes.append(("Marker", encode(q.get("marker", ""))))
+            if page.truncated and delimiter:
+                nodes.append(("NextMarker", encode(page.next_after)))
+        nodes += [("MaxKeys", limit), ("Delimiter", encode(delimiter) if delimiter else None),
+                  ("IsTruncated", page.truncated),
+                  ("EncodingType", q.get("encoding-type"))]
+        nodes += [("Contents", _object_nodes(o, encode, owner)) for o in page.objects]
+        nodes += [("CommonPrefixes", [("Prefix", encode(p))]) for p in page.common_prefixes]
+        return _xml(document("ListBucketResult", nodes))
+
+    async def _list_versions(self, call: Call) -> web.Response:
+        """Versioning is off: every object has one version, 'null', and it is the latest."""
+        self._authorize(call, public=True)
+        q = call.query
+        encode = _encoder(q)
+        limit = _int_arg(q, "max-keys", 1000, 0, None)
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        page = self.store.list_objects(call.bucket, prefix=prefix, delimiter=delimiter,
+                                       start_after=q.get("key-marker", ""),
+                                       max_keys=min(limit, 1000))
+        nodes: list[Node] = [
+            ("Name", call.bucket), ("Prefix", encode(prefix)),
+            ("KeyMarker", encode(q.get("key-marker", ""))),
+            ("VersionIdMarker", q.get("version-id-marker", "")), ("MaxKeys", limit),
+            ("Delimiter", encode(delimiter) if delimiter else None),
+            ("IsTruncated", page.truncated), ("EncodingType", q.get("encoding-type"))]
+        if page.truncated:
+            nodes += [("NextKeyMarker", encode(page.next_after)), ("NextVersionIdMarker", "null")]
+        for o in page.objects:
+            nodes.append(("Version", [("Key", encode(o.key)), ("VersionId", "null"),
+                                      ("IsLatest", True),
+                                      ("LastModified", iso8601(o.last_modified)),
+                                      ("ETag", quoted(o.etag)), ("Size", o.size),
+                                      ("StorageClass", "STANDARD"), ("Owner", _owner())]))
+        nodes += [("CommonPrefixes", [("Prefix", encode(p))]) for p in page.common_prefixes]
+        return _xml(document("ListVersionsResult", nodes))
+
+    # ---- objects ---------------------------------------------------------------------
+
+    async def _put_object(self, call: Call) -> web.StreamResponse:
+        self._authorize(call, public=False)
+        check_key(call.key)
+        self.store.bucket(call.bucket)  # NoSuchBucket before reading a body
+        meta = user_metadata(call.headers)
+        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
+        info = self.store.commit(
+            call.bucket, call.key, writer,
+            content_type=call.headers.get("Content-Type") or "binary/octet-stream",
+            metadata=meta, headers=stored_headers(call.headers),
+            checksums=verifier.checksums, check=write_check(call.headers))
+        self._publish("ObjectCreated:Put", info, call)
+        headers = {"ETag": quoted(info.etag)}
+        headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
+        return web.Response(status=200, headers=headers)
+
+    async def _receive(self, call: Call, limit: int) -> tuple[BlobWriter, PayloadVerifier]:
+        """Stream the body through the signature checks into a new blob; abort on error."""
+        request = call.request
+        if (request.content_length is None and "chunked" not in
+                request.headers.get("Transfer-Encoding", "").lower()):
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP "
+                          "header.", 411)
+        declared = int(call.headers.get("x-amz-decoded-content-length")
+                       or request.content_length or 0)
+        if declared > limit:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
+                          "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
+        verifier = PayloadVerifier(call.verified, call.headers)
+        writer = self.store.writer()
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                data = verifier.feed(chunk)
+                if data:
+                    writer.write(data)
+                    if writer.size > limit:
+                        raise S3Error("EntityTooLarge", "Your upload exceeds the maximum "
+                                      "allowed size", 400)
+            if request.content_length is not None and \
+                    request.content.total_bytes < request.content_length:
+                raise _incomplete(request.content_length, request.content.total_bytes)
+            verifier.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return writer, verifier
+
+    async def _get_object(self, call: Call) -> web.StreamResponse:
+        self._authorize(call, public=True)
+        # Look up and open in one step: a PUT replacing the key meanwhile cannot make
+        # the blob vanish between the two (an open file stays readable).
+        info, blob = await asyncio.to_thread(self.store.open_object, call.bucket, call.key)
+        try:
+            return await self._send_object(call, info, blob)
+        finally:
+            blob.close()
+
+    async def _send_object(self, call: Call, info: ObjectInfo,
+                           blob: BinaryIO) -> web.StreamResponse:
+        status = read_conditions(call.headers, info)
+        headers = self._object_headers(info, call)
+        if status == 304:
+            return web.Response(status=304, headers={k: v for k, v in headers.items()
+                                                     if k in ("ETag", "Last-Modified")})
+        start, end, partial = 0, info.size - 1, False
+        part = call.query.get("partNumber")
+        if part is not None:
+            start, end = self._part_range(info, part)
+            partial = True
+            headers["x-amz-mp-parts-count"] = str(max(1, len(info.parts)))
+        elif "Range" in call.headers:
+            picked = parse_range(call.headers["Range"], info.size)
+            if picked is not None:
+                (start, end), partial = picked, True
+        length = max(0, end - start + 1)
+        if partial:
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+            # A whole object's checksums do not describe a range of it (S3 leaves them out).
+            for name in [h for h in headers if h.startswith("x-amz-checksum-")]:
+                del headers[name]
+        headers["Content-Length"] = str(length)
+        response = web.StreamResponse(status=206 if partial else 200, headers=headers)
+        await response.prepare(call.request)
+        if call.method == "HEAD":
+            return response
+        blob.seek(start)
+        remaining = length
+        while remaining > 0:
+            data = await asyncio.to_thread(blob.read, min(CHUNK, remaining)) \
+                if remaining > SMALL_READ else blob.read(remaining)
+            if not data:
+                break
+            await response.write(data)
+            remaining -= len(data)
+        await response.write_eof()
+        return response
+
+    def _part_range(self, info: ObjectInfo, part: str) -> tuple[int, int]:
+        number = _int_value(part, "partNumber", 1, MAX_PART_NUMBER)
+        sizes = info.parts or [info.size]
+        if number > len(sizes):
+            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable",
+                          416, PartNumberRequested=str(number),
+                          ActualPartCount=str(len(sizes)))
+        start = sum(sizes[: number - 1])
+        return start, start + sizes[number - 1] - 1
+
+    def _object_headers(self, info: ObjectInfo, call: Call) -> dict[str, str]:
+        headers = {"ETag": quoted(info.etag), "Last-Modified": http_date(info.last_modified),
+                   "Content-Type": info.content_type, "Accept-Ranges": "bytes",
+                   **{h.title(): v for h, v in info.headers.items()},
+                   **{f"x-amz-meta-{k}": v for k, v in info.metadata.items()}}
+        if call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update({f"x-amz-checksum-{a}": v for a, v in info.checksums.items()})
+        for param, header in (("response-content-type", "Content-Type"),
+                              ("response-content-disposition", "Content-Disposition"),
+                              ("response-content-encoding", "Content-Encoding"),
+                              ("response-content-language", "Content-Language"),
+                              ("response-cache-control", "Cache-Control"),
+                              ("response-expires", "Expires")):
+            if param in call.query:
+                headers[header] = call.query[param]
+        return headers
+
+    async def _delete_object(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        gone = self.store.delete(call.bucket, call.key)
+        if gone is not None:
+            self._publish("ObjectRemoved:Delete", gone, call)
+        return web.Response(status=204)
+
+    async def _delete_objects(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        self.store.bucket(call.bucket)
+        root = s3xml.parse(await _small_body(call))
+        if root.tag != "Delete":
+            raise s3xml.malformed("the root element must be Delete")
+        objects = root.findall("Object")
+        if not objects or len(objects) > MAX_DELETE_KEYS:
+            raise s3xml.malformed(f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
+        quiet = (s3xml.child_text(root, "Quiet") or "").strip().lower() == "true"
+        nodes: list[Node] = []
+        for obj in objects:
+            key = s3xml.child_text(obj, "Key") or ""
+            try:
+                check_key(key)
+                gone = self.store.delete(call.bucket, key)
+            except S3Error as err:
+                nodes.append(("Error", [("Key", key), ("Code", err.code),
+                                        ("Message", err.message)]))
+                continue
+            if gone is not None:
+                self._publish("ObjectRemoved:Delete", gone, call)
+            if not quiet:
+                nodes.append(("Deleted", [("Key", key)]))
+        return _xml(document("DeleteResult", nodes))
+
+    async def _copy_object(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        check_key(call.key)
+        source = self._copy_source(call)
+        read_conditions(call.headers, source, prefix="x-amz-copy-source-if-", for_read=False)
+        directive = call.headers.get("x-amz-metadata-directive", "COPY").upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise invalid_argument("Unknown metadata directive.", "x-amz-metadata-directive",
+                                   directive)
+        if (source.bucket, source.key) == (call.bucket, call.key) and directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
+                          "to copy an object to itself without changing the object's metadata, "
+                          "storage class, website redirect location or encryption attributes.",
+                          400)
+        replace = directive == "REPLACE"
+        info = self.store.copy(
+            source, call.bucket, call.key,
+            content_type=(call.headers.get("Content-Type") or "binary/octet-stream")
+            if replace else None,
+            metadata=user_metadata(call.headers) if replace else None,
+            headers=stored_headers(call.headers) if replace else None,
+            check=write_check(call.headers))
+        self._publish("ObjectCreated:Copy", info, call)
+        return _xml(document("CopyObjectResult", [
+            ("LastModified", iso8601(info.last_modified)), ("ETag", quoted(info.etag))]))
+
+    def _copy_source(self, call: Call) -> ObjectInfo:
+        raw = call.headers["x-amz-copy-source"]
+        path, _, version = raw.partition("?")
+        if version and version not in ("versionId=null", ""):
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
+        bucket, _, key = urllib.parse.unquote(path).lstrip("/").partition("/")
+        if not bucket or not key:
+            raise invalid_argument("Copy Source must mention the source bucket and key: "
+                                   "sourcebucket/sourcekey", "x-amz-copy-source", raw)
+        return self.store.head(bucket, key)
+
+    # ---- multipart -------------------------------------------------------------------
+
+    async def _create_upload(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        check_key(call.key)
+        self.store.bucket(call.bucket)
+        upload_id = self.store.create_upload(
+            call.bucket, call.key,
+            content_type=call.headers.get("Content-Type") or "binary/octet-stream",
+            metadata=user_metadata(call.headers), headers=stored_headers(call.headers),
+            checksums_algorithm=call.headers.get("x-amz-checksum-algorithm"))
+        return _xml(document("InitiateMultipartUploadResult", [
+            ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload_id)]))
+
+    async def _upload_part(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        number = _int_value(call.query.get("partNumber", ""), "partNumber", 1, MAX_PART_NUMBER)
+        upload_id = call.query.get("uploadId", "")
+        upload = self.store.upload(upload_id)
+        if (upload.bucket, upload.key) != (call.bucket, call.key):
+            raise S3Error("NoSuchUpload", "The specified upload does not exist for this "
+                          "bucket and key.", 404, UploadId=upload_id)
+        if "x-amz-copy-source" in call.headers:
+            return await self._upload_part_copy(call, upload_id, number)
+        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
+        part = self.store.put_part(upload_id, number, writer)
+        headers = {"ETag": quoted(part.etag)}
+        headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
+        return web.Response(status=200, headers=headers)
+
+    async def _upload_part_copy(self, call: Call, upload_id: str,
+                                number: int) -> web.Response:
+        source = self._copy_source(call)
+        read_conditions(call.headers, source, prefix="x-amz-copy-source-if-", for_read=False)
+        start, end = 0, source.size - 1
+        wanted = call.headers.get("x-amz-copy-source-range")
+        if wanted:
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", wanted.strip())
+            if not match or int(match.group(1)) > int(match.group(2)) or \
+                    int(match.group(2)) >= source.size:
+                raise invalid_argument("The x-amz-copy-source-range value must be of the form "
+                                       "bytes=first-last where first and last are the "
+                                       "zero-based offsets of the first and last bytes to "
+                                       "copy", "x-amz-copy-source-range", wanted)
+            start, end = int(match.group(1)), int(match.group(2))
+        writer = self.store.writer()
+        try:
+            blob = await asyncio.to_thread(self.store.open_blob, source)
+            try:
+                blob.seek(start)
+                remaining = end - start + 1
+                while remaining > 0:
+                    data = await asyncio.to_thread(blob.read, min(CHUNK, remaining))
+                    if not data:
+                        break
+                    writer.write(data)
+                    remaining -= len(data)
+            finally:
+                blob.close()
+        except BaseException:
+            writer.abort()
+            raise
+        part = self.store.put_part(upload_id, number, writer)
+        return _xml(document("CopyPartResult", [
+            ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag))]))
+
+    async def _complete_upload(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        upload_id = call.query["uploadId"]
+        upload = self.store.upload(upload_id)
+        if (upload.bucket, upload.key) != (call.bucket, call.key):
+            raise S3Error("NoSuchUpload", "The specified upload does not exist for this "
+                          "bucket and key.", 404, UploadId=upload_id)
+        root = s3xml.parse(await _small_body(call))
+        if root.tag != "CompleteMultipartUpload":
+            raise s3xml.malformed("the root element must be CompleteMultipartUpload")
+        parts = []
+        for part in root.findall("Part"):
+            number = _int_value(s3xml.child_text(part, "PartNumber") or "", "PartNumber", 1,
+                                MAX_PART_NUMBER)
+            parts.append((number, unquote_etag(s3xml.child_text(part, "ETag") or "")))
+        if not parts:
+            raise s3xml.malformed("a CompleteMultipartUpload names at least one part")
+        info = await asyncio.to_thread(self.store.complete_upload, upload_id, parts,
+                                       check=write_check(call.headers))
+        self._publish("ObjectCreated:CompleteMultipartUpload", info, call)
+        return _xml(document("CompleteMultipartUploadResult", [
+            ("Location", f"{self.url}/{call.bucket}/{urllib.parse.quote(call.key)}"),
+            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(info.etag))]))
+
+    async def _abort_upload(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        self.store.abort_upload(call.query["uploadId"])
+        return web.Response(status=204)
+
+    async def _list_uploads(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        q = call.query
+        self.store.bucket(call.bucket)
+        limit = _int_arg(q, "max-uploads", 1000, 0, 1000)
+        uploads, truncated = self.store.list_uploads(
+            call.bucket, prefix=q.get("prefix", ""), key_marker=q.get("key-marker", ""),
+            upload_id_marker=q.get("upload-id-marker", ""), max_uploads=limit)
+        encode = _encoder(q)
+        nodes: list[Node] = [("Bucket", call.bucket),
+                             ("KeyMarker", encode(q.get("key-marker", ""))),
+                             ("UploadIdMarker", q.get("upload-id-marker", "")),
+                             ("Prefix", encode(q.get("prefix", ""))), ("MaxUploads", limit),
+                             ("IsTruncated", truncated), ("EncodingType", q.get("encoding-type"))]
+        if truncated and uploads:
+            nodes += [("NextKeyMarker", encode(uploads[-1].key)),
+                      ("NextUploadIdMarker", uploads[-1].id)]
+        nodes += [("Upload", [("Key", encode(u.key)), ("UploadId", u.id),
+                              ("Initiator", _owner()), ("Owner", _owner()),
+                              ("StorageClass", "STANDARD"),
+                              ("Initiated", iso8601(u.initiated))]) for u in uploads]
+        return _xml(document("ListMultipartUploadsResult", nodes))
+
+    async def _list_parts(self, call: Call) -> web.Response:
+        self._authorize(call, public=False)
+        q = call.query
+        upload = self.store.upload(q["uploadId"])
+        limit = _int_arg(q, "max-parts", 1000, 0, 1000)
+        marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)
+        parts, truncated = self.store.list_parts(upload.id, part_number_marker=marker,
+                                                 max_parts=limit)
+        nodes: list[Node] = [("Bucket", upload.bucket), ("Key", upload.key),
+                             ("UploadId", upload.id), ("Initiator", _owner()),
+                             ("Owner", _owner()), ("StorageClass", "STANDARD"),
+                             ("PartNumberMarker", marker), ("MaxParts", limit),
+                             ("IsTruncated", truncated)]
+        if truncated and parts:
+            nodes.append(("NextPartNumberMarker", parts[-1].number))
+        nodes += [("Part", [("PartNumber", p.number), ("LastModified", iso8601(p.last_modified)),
+                            ("ETag", quoted(p.etag)), ("Size", p.size)]) for p in parts]
+        return _xml(document("ListPartsResult", nodes))
+
+    # ---- events ----------------------------------------------------------------------
+
+    def _publish(self, kind: str, info: ObjectInfo, call: Call) -> None:
+        if self.events is None:
+            return
+        try:
+            peer = call.request.remote or ""
+            self.events.publish(kind, info, request_id=call.request_id, source_ip=peer)
+        except Exception:  # delivery is best effort and never fails the S3 call
+            log.exception("could not queue the %s event for %s/%s", kind, info.bucket, info.key)
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def _xml(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/xml")
+
+
+def _owner() -> list[Node]:
+    return [("ID", "cloudland"), ("DisplayName", "cloudland")]
+
+
+def _object_nodes(o: ObjectInfo, encode: Callable[[str], str], owner: bool) -> list[Node]:
+    return [("Key", encode(o.key)), ("LastModified", iso8601(o.last_modified)),
+            ("ETag", quoted(o.etag)), ("Size", o.size), ("StorageClass", "STANDARD"),
+            ("Owner", _owner() if owner else None)]
+
+
+def _encoder(query: Mapping[str, str]) -> Callable[[str], str]:
+    kind = query.get("encoding-type")
+    if kind is None:
+        return lambda s: s
+    if kind != "url":
+        raise invalid_argument("Invalid Encoding Method specified in Request",
+                               "encoding-type", kind)
+    return lambda s: urllib.parse.quote(s, safe="/")
+
+
+def _int_value(value: str, name: str, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if number < low or (high is not None and number > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise invalid_argument(f"{name} must be an integer {bound}", name, value)
+    return number
+
+
+def _int_arg(query: Mapping[str, str], name: str, default: int, low: int,
+             high: int | None) -> int:
+    return default if name not in query else _int_value(query[name], name, low, high)
+
+
+def _make_token(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode()).decode()
+
+
+def _token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_argument("The continuation token provided is incorrect",
+                               "continuation-token", token) from None
+
+
+def _incomplete(expected: int, got: int) -> S3Error:
+    return S3Error("IncompleteBody", "You did not provide the number of bytes specified by "
+                   "the Content-Length HTTP header", 400,
+                   NumberBytesExpected=str(expected), NumberBytesProvided=str(got))
+
+
+async def _small_body(call: Call) -> bytes:
+    """A request body that is XML (or nothing), read whole but bounded, through the
+    same signature checks as any body."""
+    request = call.request
+    if request.content_length is not None and request.content_length > MAX_XML_BYTES:
+        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    verifier = PayloadVerifier(call.verified, call.headers)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(CHUNK):
+        body += verifier.feed(chunk)
+        if len(body) > MAX_XML_BYTES:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    verifier.finish()
+    return bytes(body)

@@ -1,0 +1,861 @@
+"""AWS Signature Version 4 verification for the S3 API, and the body checks that go with it.
+
+Framework-free: the server hands `verify` the method, the raw path and query as they
+came on the wire, and the request headers (any case-insensitive mapping; an aiohttp
+`CIMultiDictProxy` works, repeated headers are joined with `,` as SigV4 wants).
+
+    verified = verify(method, raw_path, query_string, headers, lookup)   # None: anonymous
+    body = PayloadVerifier(verified, headers)
+    for piece in stream:
+        write(body.feed(piece))        # decoded bytes (aws-chunked framing removed)
+    body.finish()                      # sha256 / checksums / lengths; then commit
+    store(body.checksums)              # verified x-amz-checksum-* values, by algorithm
+
+Every check raises `S3Error`. `feed` hands bytes back before the chunk they belong to
+has had its signature checked (a chunk can be large), so a caller must treat any
+exception from `feed` or `finish` as "discard everything written" -- which an object
+store that commits by rename does anyway.
+
+S3 specifics (they differ from the generic SigV4 rules): the path is not normalised
+(no `..` or `//` folding) and is URI-encoded once; the payload hash in the canonical
+request is the `x-amz-content-sha256` header as sent; presigned URLs use
+`UNSIGNED-PAYLOAD`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+from urllib.parse import quote, unquote_to_bytes
+
+from .errors import S3Error
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+SERVICE = "s3"
+TERMINAL = "aws4_request"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_EXPIRES = 7 * 24 * 3600  # presigned URLs live at most a week
+
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+PAYLOAD_MODES = frozenset({UNSIGNED_PAYLOAD, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER,
+                           STREAMING_UNSIGNED_TRAILER})
+
+MAX_LINE = 4096  # longest aws-chunked header or trailer line we buffer
+MAX_TRAILER_BYTES = 16 * 1024
+
+_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_SIG = re.compile(r"[0-9a-f]{64}")
+_DATE = re.compile(r"\d{8}")
+_CREDENTIAL_SHAPE = '"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request"'
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A request whose signature checked out, and what the body must still satisfy."""
+
+    access_key: str
+    payload: str  # x-amz-content-sha256 as signed: hex sha256 or one of PAYLOAD_MODES
+    region: str
+    date: str  # yyyymmdd, from the credential scope
+    signing_key: bytes
+    seed_signature: str  # the request's own signature; the first chunk chains from it
+    timestamp: str  # the x-amz-date (yyyymmddThhmmssZ)
+    scope: str  # date/region/s3/aws4_request
+    presigned: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def uri_encode(value: str | bytes, *, encode_slash: bool = True) -> str:
+    """AWS's UriEncode: every byte but A-Z a-z 0-9 - _ . ~ (and `/` if asked) as %XY."""
+    return quote(value, safe="" if encode_slash else "/")
+
+
+def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
+    key = _hmac(("AWS4" + secret).encode(), date)
+    key = _hmac(key, region)
+    key = _hmac(key, service)
+    return _hmac(key, TERMINAL)
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def _sign(key: bytes, string_to_sign: str) -> str:
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """One header's value; repeated headers joined with `,` (multidicts with getall)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        values = getall(name, [])
+        return ",".join(values) if values else None
+    value = headers.get(name)
+    return None if value is None else str(value)
+
+
+def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Multidicts (aiohttp, multidict) are already case-insensitive; lower-case the rest."""
+    if hasattr(headers, "getall"):
+        return headers
+    return {str(name).lower(): value for name, value in headers.items()}
+
+
+def _decode(part: str, plus_is_space: bool) -> bytes:
+    if plus_is_space:
+        part = part.replace("+", " ")
+    return unquote_to_bytes(part)
+
+
+def _parse_query(query: str) -> list[tuple[str, str]]:
+    """Raw query -> decoded (name, value) pairs, in order; `+` kept as `+`."""
+    pairs = []
+    for piece in query.split("&"):
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        pairs.append((unquote_to_bytes(name).decode("utf-8", "replace"),
+                      unquote_to_bytes(value).decode("utf-8", "replace")))
+    return pairs
+
+
+def canonical_query(query: str, *, plus_is_space: bool = False,
+                    exclude: str | None = None) -> str:
+    """Each name and value decoded then URI-encoded once, sorted by name then value."""
+    pairs = []
+    for piece in query.split("&"):
+        if not piece:
+            continue
+        raw_name, _, raw_value = piece.partition("=")
+        name = _decode(raw_name, plus_is_space)
+        if exclude is not None and name == exclude.encode():
+            continue
+        pairs.append((uri_encode(name), uri_encode(_decode(raw_value, plus_is_space))))
+    pairs.sort()
+    return "&".join(f"{n}={v}" for n, v in pairs)
+
+
+def canonical_uri(raw_path: str) -> str:
+    """The raw path URI-encoded once (decoded first, so `%20` and ` ` agree), `/` kept."""
+    if not raw_path:
+        return "/"
+    return uri_encode(unquote_to_bytes(raw_path), encode_slash=False)
+
+
+def _trim(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _fmt_time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _malformed_header(detail: str, **extra: str) -> S3Error:
+    return S3Error("AuthorizationHeaderMalformed",
+                   f"The authorization header is malformed; {detail}", 400, **extra)
+
+
+def _malformed_query(detail: str) -> S3Error:
+    return S3Error("AuthorizationQueryParametersError", detail, 400)
+
+
+def _sigv2() -> S3Error:
+    return S3Error("InvalidRequest", "The authorization mechanism you have provided is not "
+                   "supported. Please use AWS4-HMAC-SHA256.", 400)
+
+
+def _access_denied(message: str, **extra: str) -> S3Error:
+    return S3Error("AccessDenied", message, 403, **extra)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(method: str, raw_path: str, query: str, headers: Mapping[str, str],
+           lookup: Callable[[str], Credentials | None], *, now: datetime | None = None,
+           max_skew: timedelta = timedelta(minutes=15),
+           region: str | None = None) -> Verified | None:
+    """Check a request's SigV4 signature (Authorization header or presigned query).
+
+    Returns None when the request carries no signature at all (anonymous), a
+    `Verified` when the signature is right; raises `S3Error` otherwise. `region`, when
+    given, is the only region accepted in the credential scope.
+    """
+    headers = _case_insensitive(headers)
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    authorization = _header(headers, "authorization")
+    params = _parse_query(query)
+    names = {n for n, _ in params}
+    query_v4 = bool(names & {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"})
+    query_v2 = "AWSAccessKeyId" in names and "Signature" in names
+    if authorization is not None and (query_v4 or query_v2):
+        raise S3Error("InvalidArgument", "Only one auth mechanism allowed; only the "
+                      "X-Amz-Algorithm query parameter, Signature query string parameter or "
+                      "the Authorization header should be specified", 400,
+                      ArgumentName="Authorization", ArgumentValue=authorization)
+    if authorization is None:
+        if query_v4:
+            return _verify_query(method, raw_path, query, params, headers, lookup, now,
+                                 max_skew, region)
+        if query_v2:
+            raise _sigv2()
+        return None
+    return _verify_header(method, raw_path, query, authorization, headers, lookup, now,
+                          max_skew, region)
+
+
+def _parse_credential(credential: str, malformed: Callable[[str], S3Error],
+                      region: str | None) -> tuple[str, str, str]:
+    parts = credential.split("/")
+    if len(parts) != 5 or not parts[0]:
+        raise malformed(f"the Credential is mal-formed; expecting {_CREDENTIAL_SHAPE}.")
+    access_key, date, scope_region, service, terminal = parts
+    if not _DATE.fullmatch(date):
+        raise malformed(f"incorrect date format \"{date}\". This date in the credential "
+                        "must be in the format \"yyyyMMdd\".")
+    if not scope_region:
+        raise malformed(f"the Credential is mal-formed; expecting {_CREDENTIAL_SHAPE}.")
+    if service != SERVICE:
+        raise malformed(f"incorrect service \"{service}\". This endpoint belongs to "
+                        f"\"{SERVICE}\".")
+    if terminal != TERMINAL:
+        raise malformed(f"incorrect terminal \"{terminal}\". This endpoint uses "
+                        f"\"{TERMINAL}\".")
+    if region is not None and scope_region != region:
+        raise malformed(f"the region '{scope_region}' is wrong; expecting '{region}'")
+    return access_key, date, scope_region
+
+
+def _parse_timestamp(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value, _TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _verify_header(method: str, raw_path: str, query: str, authorization: str,
+                   headers: Mapping[str, str], lookup: Callable[[str], Credentials | None],
+                   now: datetime, max_skew: timedelta, region: str | None) -> Verified:
+    algorithm, _, rest = authorization.strip().partition(" ")
+    if algorithm == "AWS":
+        raise _sigv2()
+    if algorithm != ALGORITHM:
+        raise S3Error("InvalidArgument", "Unsupported Authorization Type", 400,
+                      ArgumentName="Authorization", ArgumentValue=authorization)
+    fields: dict[str, str] = {}
+    for component in rest.split(","):
+        key, eq, value = component.strip().partition("=")
+        if not eq or key in fields:
+            raise _malformed_header(f"the authorization component \"{component.strip()}\" "
+                                    "is malformed.")
+        fields[key] = value.strip()
+    for required in ("Credential", "SignedHeaders", "Signature"):
+        if required not in fields:
+            raise _malformed_header(f"the authorization header requires the {required} "
+                                    "component.")
+
+    def malformed(detail: str) -> S3Error:
+        return _malformed_header(detail)
+
+    access_key, date, scope_region = _parse_credential(fields["Credential"], malformed, region)
+    signature = fields["Signature"].lower()
+    if not _SIG.fullmatch(signature):
+        raise malformed("the Signature is mal-formed; expecting 64 hexadecimal characters.")
+
+    amz_date = _header(headers, "x-amz-date")
+    if amz_date is not None:
+        timestamp = amz_date.strip()
+        when = _parse_timestamp(timestamp)
+    else:
+        http_date = _header(headers, "date")
+        when = None
+        if http_date is not None:
+            try:
+                when = parsedate_to_datetime(http_date).astimezone(UTC)
+            except (TypeError, ValueError):
+                when = None
+        timestamp = when.strftime(_TIMESTAMP_FORMAT) if when else ""
+    if when is None:
+        raise _access_denied("AWS authentication requires a valid Date or x-amz-date header")
+    if timestamp[:8] != date:
+        raise malformed(f"Invalid credential date \"{date}\". This date is not the same as "
+                        "X-Amz-Date: \"" + timestamp[:8] + "\".")
+
+    payload = _header(headers, "x-amz-content-sha256")
+    if payload is None:
+        raise S3Error("InvalidRequest",
+                      "Missing required header for this request: x-amz-content-sha256", 400)
+    payload = payload.strip()
+    _check_payload_mode(payload)
+
+    credentials = lookup(access_key)
+    if credentials is None:
+        raise _unknown_key(access_key)
+    if abs(now - when) > max_skew:
+        raise S3Error("RequestTimeTooSkewed", "The difference between the request time and "
+                      "the current time is too large.", 403, RequestTime=timestamp,
+                      ServerTime=_fmt_time(now),
+                      MaxAllowedSkewMilliseconds=str(int(max_skew.total_seconds() * 1000)))
+    signed = _signed_header_list(fields["SignedHeaders"], headers, malformed, presigned=False)
+    return _check_signature(method, raw_path, query, headers, signed, [payload], access_key,
+                            credentials, date, scope_region, timestamp, signature,
+                            presigned=False)
+
+
+def _verify_query(method: str, raw_path: str, query: str, params: list[tuple[str, str]],
+                  headers: Mapping[str, str], lookup: Callable[[str], Credentials | None],
+                  now: datetime, max_skew: timedelta, region: str | None) -> Verified:
+    values: dict[str, str] = {}
+    for name, value in params:
+        if name.startswith("X-Amz-") and name in values:
+            raise _malformed_query(f"The {name} query parameter is repeated.")
+        values.setdefault(name, value)
+    required = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
+                "X-Amz-SignedHeaders", "X-Amz-Expires")
+    if any(name not in values for name in required):
+        raise _malformed_query("Query-string authentication version 4 requires the "
+                               "X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, "
+                               "X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
+    if values["X-Amz-Algorithm"] != ALGORITHM:
+        raise _malformed_query(f"X-Amz-Algorithm only supports \"{ALGORITHM}\"")
+
+    def malformed(detail: str) -> S3Error:
+        return _malformed_query(f"Error parsing the X-Amz-Credential parameter; {detail}")
+
+    access_key, date, scope_region = _parse_credential(values["X-Amz-Credential"], malformed,
+                                                       region)
+    timestamp = values["X-Amz-Date"]
+    when = _parse_timestamp(timestamp)
+    if when is None:
+        raise _malformed_query("X-Amz-Date must be in the ISO8601 Long Format "
+                               "\"yyyyMMdd'T'HHmmss'Z'\"")
+    if timestamp[:8] != date:
+        raise malformed(f"Invalid credential date \"{date}\". This date is not the same as "
+                        f"X-Amz-Date: \"{timestamp[:8]}\".")
+    try:
+        expires = int(values["X-Amz-Expires"])
+    except ValueError:
+        raise _malformed_query("X-Amz-Expires should be a number") from None
+    if expires < 0:
+        raise _malformed_query("X-Amz-Expires must be non-negative")
+    if expires > MAX_EXPIRES:
+        raise _malformed_query("X-Amz-Expires must be less than a week (in seconds) that is; "
+                               f"{MAX_EXPIRES} seconds")
+    signature = values["X-Amz-Signature"].lower()
+    if not _SIG.fullmatch(signature):
+        raise _malformed_query("X-Amz-Signature must be 64 hexadecimal characters")
+
+    credentials = lookup(access_key)
+    if credentials is None:
+        raise _unknown_key(access_key)
+    if now < when - max_skew:
+        raise _access_denied("Request is not valid yet", RequestTime=timestamp,
+                             ServerTime=_fmt_time(now))
+    if now > when + timedelta(seconds=expires):
+        raise _access_denied("Request has expired", **{
+            "X-Amz-Expires": str(expires),
+            "Expires": _fmt_time(when + timedelta(seconds=expires)),
+            "ServerTime": _fmt_time(now)})
+    signed = _signed_header_list(values["X-Amz-SignedHeaders"], headers, _malformed_query,
+                                 presigned=True)
+    # botocore puts an x-amz-content-sha256 header into the canonical request if the
+    # request had one when presigning; otherwise (and per the docs) UNSIGNED-PAYLOAD.
+    payloads = [UNSIGNED_PAYLOAD]
+    header_payload = _header(headers, "x-amz-content-sha256")
+    if header_payload is not None:
+        header_payload = header_payload.strip()
+        _check_payload_mode(header_payload)
+        payloads.insert(0, header_payload)
+    return _check_signature(method, raw_path, query, headers, signed, payloads, access_key,
+                            credentials, date, scope_region, timestamp, signature,
+                            presigned=True)
+
+
+def _unknown_key(access_key: str) -> S3Error:
+    return S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist "
+                   "in our records.", 403, AWSAccessKeyId=access_key)
+
+
+def _check_payload_mode(payload: str) -> None:
+    if payload in PAYLOAD_MODES or _HEX64.fullmatch(payload):
+        return
+    raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                  "STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, "
+                  "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.", 400,
+                  ArgumentName="x-amz-content-sha256", ArgumentValue=payload)
+
+
+def _signed_header_list(value: str, headers: Mapping[str, str],
+                        malformed: Callable[[str], S3Error], *, presigned: bool) -> list[str]:
+    signed = value.split(";")
+    if not value or any(not name or name != name.lower() or name.strip() != name
+                        for name in signed):
+        raise malformed("the SignedHeaders component is malformed.")
+    if "host" not in signed:
+        raise malformed("the SignedHeaders must include host.")
+    # Headers S3 acts on must not be addable to a signed request by whoever holds it.
+    exempt = {"x-amz-content-sha256"} if presigned else set()
+    unsigned = sorted({name.lower() for name in headers
+                       if name.lower().startswith("x-amz-")} - set(signed) - exempt)
+    if unsigned:
+        raise _access_denied("There were headers present in the request which were not "
+                             "signed", HeadersNotSigned=", ".join(unsigned))
+    return signed
+
+
+def _check_signature(method: str, raw_path: str, query: str, headers: Mapping[str, str],
+                     signed: list[str], payloads: list[str], access_key: str,
+                     credentials: Credentials, date: str, scope_region: str, timestamp: str,
+                     signature: str, *, presigned: bool) -> Verified:
+    scope = f"{date}/{scope_region}/{SERVICE}/{TERMINAL}"
+    key = signing_key(credentials.secret_key, date, scope_region)
+    canonical_headers = "".join(f"{name}:{_trim(_header(headers, name) or '')}\n"
+                                for name in signed)
+    signed_headers = ";".join(signed)
+    exclude = "X-Amz-Signature" if presigned else None
+    uris = [canonical_uri(raw_path)]
+    if raw_path and raw_path != uris[0]:
+        uris.append(raw_path)  # a client that signed its own (odd) encoding as sent
+    queries = [canonical_query(query, exclude=exclude)]
+    if "+" in query:
+        queries.append(canonical_query(query, plus_is_space=True, exclude=exclude))
+    first: tuple[str, str] | None = None
+    for payload in payloads:
+        for uri in uris:
+            for canonical_q in queries:
+                canonical_request = "\n".join([method.upper(), uri, canonical_q,
+                                               canonical_headers, signed_headers, payload])
+                string_to_sign = "\n".join([
+                    ALGORITHM, timestamp, scope,
+                    hashlib.sha256(canonical_request.encode()).hexdigest()])
+                if first is None:
+                    first = (canonical_request, string_to_sign)
+                if hmac.compare_digest(_sign(key, string_to_sign), signature):
+                    return Verified(access_key=access_key, payload=payload,
+                                    region=scope_region, date=date, signing_key=key,
+                                    seed_signature=signature, timestamp=timestamp,
+                                    scope=scope, presigned=presigned)
+    assert first is not None
+    canonical_request, string_to_sign = first
+    raise S3Error(
+        "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+        "signature you provided. Check your key and signing method.", 403,
+        AWSAccessKeyId=access_key, StringToSign=string_to_sign, SignatureProvided=signature,
+        StringToSignBytes=" ".join(f"{b:02x}" for b in string_to_sign.encode()),
+        CanonicalRequest=canonical_request,
+        CanonicalRequestBytes=" ".join(f"{b:02x}" for b in canonical_request.encode()))
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def _crc32c_factory() -> Callable[[], _Checksum] | None:
+    try:
+        import google_crc32c
+    except ImportError:
+        pass
+    else:
+        class _Google:
+            def __init__(self) -> None:
+                self._crc = 0
+
+            def update(self, data: bytes | memoryview) -> None:
+                self._crc = google_crc32c.extend(self._crc, bytes(data))
+
+            def digest(self) -> bytes:
+                return self._crc.to_bytes(4, "big")
+
+        return _Google
+    try:
+        import crc32c
+    except ImportError:
+        return None
+
+    class _Crc32c:
+        def __init__(self) -> None:
+            self._crc = 0
+
+        def update(self, data: bytes | memoryview) -> None:
+            self._crc = crc32c.crc32c(bytes(data), self._crc)
+
+        def digest(self) -> bytes:
+            return self._crc.to_bytes(4, "big")
+
+    return _Crc32c
+
+
+class _Checksum(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+
+    def digest(self) -> bytes:
+        return self._crc.to_bytes(4, "big")
+
+
+_CHECKSUMS: dict[str, tuple[Callable[[], _Checksum], int]] = {
+    "crc32": (_Crc32, 4),
+    "sha1": (hashlib.sha1, 20),
+    "sha256": (hashlib.sha256, 32),
+}
+_crc32c = _crc32c_factory()
+if _crc32c is not None:
+    _CHECKSUMS["crc32c"] = (_crc32c, 4)
+SUPPORTED_CHECKSUMS = frozenset(_CHECKSUMS)
+_CHECKSUM_PREFIX = "x-amz-checksum-"
+_NOT_ALGORITHMS = {"x-amz-checksum-type", "x-amz-checksum-algorithm", "x-amz-checksum-mode"}
+
+
+def _invalid_request(message: str) -> S3Error:
+    return S3Error("InvalidRequest", message, 400)
+
+
+def _incomplete(message: str = "You did not provide the number of bytes specified by the "
+                "Content-Length HTTP header.") -> S3Error:
+    return S3Error("IncompleteBody", message, 400)
+
+
+_HEADER, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class PayloadVerifier:
+    """Decodes and checks a request body according to `Verified.payload` and the headers.
+
+    Hex sha256: the decoded body must hash to it. `UNSIGNED-PAYLOAD`: nothing but the
+    checksums. `STREAMING-*`: aws-chunked framing is parsed and removed (chunk
+    signatures checked for the signed variants; trailers collected for the `-TRAILER`
+    ones). In all modes `Content-MD5` and one `x-amz-checksum-<algorithm>` (header or
+    trailer) are checked against the decoded bytes in `finish`.
+    """
+
+    def __init__(self, verified: Verified | None, headers: Mapping[str, str], *,
+                 body_checksums: bool = True) -> None:
+        """`body_checksums=False` for requests whose x-amz-checksum-* headers describe
+        something other than the body (CompleteMultipartUpload: the whole object)."""
+        headers = _case_insensitive(headers)
+        self.verified = verified
+        if verified is not None:
+            mode = verified.payload
+        else:
+            mode = (_header(headers, "x-amz-content-sha256") or UNSIGNED_PAYLOAD).strip()
+            _check_payload_mode(mode)
+        self.mode = mode
+        self.chunked = mode.startswith("STREAMING-")
+        self.signed_chunks = mode in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
+        if self.signed_chunks and verified is None:
+            raise _invalid_request(f"{mode} requires a signed request")
+        self._sha256 = hashlib.sha256() if _HEX64.fullmatch(mode) else None
+        self.checksums: dict[str, str] = {}
+        self.trailers: dict[str, str] = {}
+        self.decoded_length = 0
+
+        self._expected_length: int | None = None
+        declared = _header(headers, "x-amz-decoded-content-length")
+        if self.chunked and declared is not None:
+            if not declared.strip().isdigit():
+                raise S3Error("InvalidArgument", "x-amz-decoded-content-length must be a "
+                              "non-negative integer", 400,
+                              ArgumentName="x-amz-decoded-content-length",
+                              ArgumentValue=declared)
+            self._expected_length = int(declared)
+
+        md5 = _header(headers, "content-md5")
+        self._md5 = None
+        self._md5_expected = b""
+        if md5 is not None:
+            try:
+                self._md5_expected = base64.b64decode(md5.strip(), validate=True)
+            except binascii.Error:
+                self._md5_expected = b""
+            if len(self._md5_expected) != 16:
+                raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.", 400)
+            self._md5 = hashlib.md5()
+
+        # the one checksum: from a header, or announced in x-amz-trailer
+        self._algorithm: str | None = None
+        self._expected_checksum: str | None = None
+        found = sorted({name.lower() for name in headers
+                        if name.lower().startswith(_CHECKSUM_PREFIX)} - _NOT_ALGORITHMS
+                       ) if body_checksums else []
+        self._declared_trailers: list[str] = []
+        trailer = _header(headers, "x-amz-trailer")
+        if trailer is not None and trailer.strip():
+            if not mode.endswith("-TRAILER"):
+                raise _invalid_request("x-amz-trailer requires x-amz-content-sha256 "
+                                       "STREAMING-UNSIGNED-PAYLOAD-TRAILER or "
+                                       "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+            self._declared_trailers = [t.strip().lower() for t in trailer.split(",")
+                                       if t.strip()]
+            for name in self._declared_trailers:
+                if not name.startswith(_CHECKSUM_PREFIX):
+                    raise _invalid_request(f"The trailing header {name} is not supported")
+            found = sorted(set(found) | set(self._declared_trailers))
+        if len(found) > 1:
+            raise _invalid_request("Expecting a single x-amz-checksum- header. Multiple "
+                                   "checksum Types are not allowed.")
+        self._hasher: _Checksum | None = None
+        if found:
+            name = found[0]
+            algorithm = name[len(_CHECKSUM_PREFIX):]
+            if algorithm not in _CHECKSUMS:
+                raise _invalid_request(f"The checksum algorithm {algorithm.upper()} is not "
+                                       "supported by this server.")
+            self._algorithm = algorithm
+            factory, _ = _CHECKSUMS[algorithm]
+            self._hasher = factory()
+            if name not in self._declared_trailers:
+                value = _header(headers, name) or ""
+                self._expected_checksum = self._check_checksum_value(algorithm, value)
+
+        # aws-chunked parser state
+        self._state = _HEADER
+        self._buffer = bytearray()
+        self._remaining = 0
+        self._chunk_hash: Any = None
+        self._previous_signature = verified.seed_signature if verified else ""
+        self._chunk_signature = ""
+        self._trailer_bytes = 0
+        self._trailer_lines: list[tuple[str, str]] = []
+        self._finished = False
+
+    @staticmethod
+    def _check_checksum_value(algorithm: str, value: str) -> str:
+        value = value.strip()
+        size = _CHECKSUMS[algorithm][1]
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raw = b""
+        if len(raw) != size:
+            raise _invalid_request(f"Value for x-amz-checksum-{algorithm} header is invalid.")
+        return value
+
+    # -- feeding
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next piece of the body as received; return the decoded bytes in it."""
+        if self._finished:
+            raise _invalid_request("The request body was already finished")
+        if not self.chunked:
+            self._consume(data)
+            return data
+        out = bytearray()
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            if self._state == _DATA:
+                take = min(self._remaining, len(view) - pos)
+                piece = view[pos:pos + take]
+                pos += take
+                self._remaining -= take
+                if self._chunk_hash is not None:
+                    self._chunk_hash.update(piece)
+                self._consume(piece)
+                out += piece
+                if self._remaining == 0:
+                    self._state = _DATA_END
+            elif self._state == _DATA_END:
+                need = 2 - len(self._buffer)
+                self._buffer += view[pos:pos + need]
+                pos += min(need, len(view) - pos)
+                if len(self._buffer) == 2:
+                    if self._buffer != b"\r\n":
+                        raise _incomplete("The aws-chunked chunk data was not followed "
+                                          "by CRLF")
+                    self._buffer.clear()
+                    self._end_chunk()
+                    self._state = _HEADER
+            elif self._state == _DONE:
+                rest = bytes(view[pos:])
+                if rest.strip(b"\r\n"):
+                    raise _invalid_request("Data found after the end of the aws-chunked "
+                                           "body")
+                pos = len(view)
+            else:  # a line: chunk header or trailer
+                end = bytes(view[pos:pos + MAX_LINE + 2]).find(b"\n")
+                if end < 0:
+                    self._buffer += view[pos:]
+                    pos = len(view)
+                    if len(self._buffer) > MAX_LINE:
+                        raise _invalid_request("aws-chunked line too long")
+                    continue
+                self._buffer += view[pos:pos + end + 1]
+                pos += end + 1
+                if len(self._buffer) > MAX_LINE + 2:
+                    raise _invalid_request("aws-chunked line too long")
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                if not line.endswith(b"\r\n"):
+                    raise _invalid_request("aws-chunked lines must end with CRLF")
+                self._line(line[:-2])
+        return bytes(out)
+
+    def _consume(self, piece: bytes | memoryview) -> None:
+        self.decoded_length += len(piece)
+        if self._expected_length is not None and self.decoded_length > self._expected_length:
+            raise _incomplete("The decoded body is longer than x-amz-decoded-content-length")
+        if self._sha256 is not None:
+            self._sha256.update(piece)
+        if self._md5 is not None:
+            self._md5.update(piece)
+        if self._hasher is not None:
+            self._hasher.update(piece)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            raise _invalid_request("aws-chunked framing is not ASCII") from None
+        if self._state == _HEADER:
+            self._chunk_header(text)
+        else:
+            self._trailer_line(text)
+
+    def _chunk_header(self, text: str) -> None:
+        size_text, _, extensions = text.partition(";")
+        size_text = size_text.strip()
+        if not size_text or len(size_text) > 16 or any(
+                c not in "0123456789abcdefABCDEF" for c in size_text):
+            raise _invalid_request(f"Invalid aws-chunked chunk size {size_text[:32]!r}")
+        size = int(size_text, 16)
+        signature = ""
+        for extension in extensions.split(";") if extensions else []:
+            name, _, value = extension.strip().partition("=")
+            if name == "chunk-signature":
+                signature = value.strip()
+        if self.signed_chunks:
+            if not _SIG.fullmatch(signature):
+                raise S3Error("SignatureDoesNotMatch", "The chunk signature is missing or "
+                              "malformed.", 403)
+            self._chunk_signature = signature
+            self._chunk_hash = hashlib.sha256()
+        self._remaining = size
+        if size == 0:
+            self._end_chunk()
+            self._state = _TRAILER
+        else:
+            self._state = _DATA
+
+    def _end_chunk(self) -> None:
+        if not self.signed_chunks:
+            return
+        assert self.verified is not None and self._chunk_hash is not None
+        string_to_sign = "\n".join([
+            "AWS4-HMAC-SHA256-PAYLOAD", self.verified.timestamp, self.verified.scope,
+            self._previous_signature, EMPTY_SHA256, self._chunk_hash.hexdigest()])
+        expected = _sign(self.verified.signing_key, string_to_sign)
+        if not hmac.compare_digest(expected, self._chunk_signature):
+            raise S3Error("SignatureDoesNotMatch", "The request signature we calculated does "
+                          "not match the signature you provided. Check your key and signing "
+                          "method.", 403, StringToSign=string_to_sign,
+                          SignatureProvided=self._chunk_signature)
+        self._previous_signature = self._chunk_signature
+        self._chunk_hash = None
+
+    def _trailer_line(self, text: str) -> None:
+        self._trailer_bytes += len(text) + 2
+        if self._trailer_bytes > MAX_TRAILER_BYTES:
+            raise _invalid_request("The aws-chunked trailer is too long")
+        if text == "":
+            self._end_trailers()
+            self._state = _DONE
+            return
+        name, colon, value = text.partition(":")
+        if not colon:
+            raise _invalid_request(f"Malformed aws-chunked trailer line {text[:64]!r}")
+        self._trailer_lines.append((name.strip().lower(), value.strip()))
+
+    def _end_trailers(self) -> None:
+        lines = self._trailer_lines
+        if self.mode == STREAMING_SIGNED_TRAILER:
+            if not lines or lines[-1][0] != "x-amz-trailer-signature":
+                raise S3Error("SignatureDoesNotMatch", "The trailer signature is missing.", 403)
+            provided = lines[-1][1].lower()
+            lines = lines[:-1]
+            assert self.verified is not None
+            canonical = "".join(f"{name}:{value}\n" for name, value in lines)
+            string_to_sign = "\n".join([
+                "AWS4-HMAC-SHA256-TRAILER", self.verified.timestamp, self.verified.scope,
+                self._previous_signature, hashlib.sha256(canonical.encode()).hexdigest()])
+            expected = _sign(self.verified.signing_key, string_to_sign)
+            if not hmac.compare_digest(expected, provided):
+                raise S3Error("SignatureDoesNotMatch", "The trailer signature we calculated "
+                              "does not match the signature you provided.", 403,
+                              StringToSign=string_to_sign, SignatureProvided=provided)
+        for name, value in lines:
+            if name not in self._declared_trailers:
+                raise _invalid_request(f"The trailing header {name} was not declared in "
+                                       "x-amz-trailer")
+            if name in self.trailers:
+                raise _invalid_request(f"The trailing header {name} was sent twice")
+            self.trailers[name] = value
+
+    # -- the end
+
+    def finish(self) -> None:
+        """The body has ended: check lengths, hashes and checksums; fill `checksums`."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.chunked and self._state != _DONE:
+            raise _incomplete("The aws-chunked body ended before its final chunk")
+        if self._expected_length is not None and self.decoded_length != self._expected_length:
+            raise _incomplete()
+        for name in self._declared_trailers:
+            if name not in self.trailers:
+                raise _invalid_request(f"The trailing header {name} declared in "
+                                       "x-amz-trailer was not sent")
+        if self._sha256 is not None:
+            computed = self._sha256.hexdigest()
+            if computed != self.mode.lower():
+                raise S3Error("XAmzContentSHA256Mismatch", "The provided "
+                              "'x-amz-content-sha256' header does not match what was "
+                              "computed.", 400, ClientComputedContentSHA256=self.mode,
+                              S3ComputedContentSHA256=computed)
+        if self._md5 is not None and self._md5.digest() != self._md5_expected:
+            raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
+                          "received.", 400,
+                          ExpectedDigest=base64.b64encode(self._md5_expected).decode(),
+                          CalculatedDigest=base64.b64encode(self._md5.digest()).decode())
+        if self._algorithm is not None and self._hasher is not None:
+            name = _CHECKSUM_PREFIX + self._algorithm
+            expected = self._expected_checksum
+            if expected is None:
+                expected = self._check_checksum_value(self._algorithm, self.trailers[name])
+            computed = base64.b64encode(self._hasher.digest()).decode()
+            if computed != expected:
+                raise S3Error("BadDigest", f"The {name} you specified did not match the "
+                              "calculated checksum.", 400)
+            self.checksums[self._algorithm] = computed

@@ -1,0 +1,719 @@
+"""The object store engine: buckets, atomic objects, listing, multipart, crash recovery."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudland.storage import objects as objects_module
+from cloudland.storage.errors import S3Error, precondition_failed
+from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, prefix_end
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ObjectStore]:
+    s = ObjectStore(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def put(store: ObjectStore, bucket: str, key: str, data: bytes = b"x", **kw: object
+        ) -> ObjectInfo:
+    w = store.writer()
+    w.write(data)
+    return store.commit(bucket, key, w, **kw)  # type: ignore[arg-type]
+
+
+def read(store: ObjectStore, info: ObjectInfo) -> bytes:
+    with store.open_blob(info) as f:
+        return f.read()
+
+
+def blob_files(store: ObjectStore) -> set[str]:
+    return {p.name for p in store.blobs.glob("*/*")}
+
+
+def tmp_files(store: ObjectStore) -> list[Path]:
+    return list(store.tmp.iterdir())
+
+
+def code(excinfo: pytest.ExceptionInfo[S3Error]) -> tuple[str, int]:
+    return excinfo.value.code, excinfo.value.status
+
+
+# -- buckets ------------------------------------------------------------------------------
+
+
+def test_bucket_lifecycle_and_errors(store: ObjectStore) -> None:
+    info = store.create_bucket("photos", region="eu-west-1")
+    assert info.name == "photos" and info.region == "eu-west-1" and not info.public_read
+    assert abs(info.created - time.time()) < 5
+    assert store.bucket("photos") == info
+    with pytest.raises(S3Error) as e:
+        store.create_bucket("photos")
+    assert code(e) == ("BucketAlreadyOwnedByYou", 409)
+    with pytest.raises(S3Error) as e:
+        store.bucket("nope")
+    assert code(e) == ("NoSuchBucket", 404)
+
+    store.set_public_read("photos", True)
+    assert store.bucket("photos").public_read
+    store.set_public_read("photos", False)
+    assert not store.bucket("photos").public_read
+    with pytest.raises(S3Error) as e:
+        store.set_public_read("nope", True)
+    assert code(e) == ("NoSuchBucket", 404)
+
+    put(store, "photos", "a")
+    with pytest.raises(S3Error) as e:
+        store.delete_bucket("photos")
+    assert code(e) == ("BucketNotEmpty", 409)
+    store.delete("photos", "a")
+    upload_id = store.create_upload("photos", "big", content_type="text/plain", metadata={},
+                                    headers={})
+    with pytest.raises(S3Error) as e:
+        store.delete_bucket("photos")
+    assert code(e) == ("BucketNotEmpty", 409)
+    store.abort_upload(upload_id)
+    store.delete_bucket("photos")
+    with pytest.raises(S3Error) as e:
+        store.delete_bucket("photos")
+    assert code(e) == ("NoSuchBucket", 404)
+    with pytest.raises(S3Error) as e:
+        store.head("photos", "a")
+    assert code(e) == ("NoSuchBucket", 404)
+
+
+def test_list_buckets_pages_by_name(store: ObjectStore) -> None:
+    for name in ["c", "a", "b-1", "b-2", "d"]:
+        store.create_bucket(name)
+    page, truncated = store.list_buckets()
+    assert [b.name for b in page] == ["a", "b-1", "b-2", "c", "d"] and not truncated
+    page, truncated = store.list_buckets(max_buckets=2)
+    assert [b.name for b in page] == ["a", "b-1"] and truncated
+    page, truncated = store.list_buckets(start_after="b-1", max_buckets=2)
+    assert [b.name for b in page] == ["b-2", "c"] and truncated
+    page, truncated = store.list_buckets(start_after="c", max_buckets=2)
+    assert [b.name for b in page] == ["d"] and not truncated
+    page, truncated = store.list_buckets(prefix="b-")
+    assert [b.name for b in page] == ["b-1", "b-2"] and not truncated
+
+
+# -- objects ------------------------------------------------------------------------------
+
+
+def test_put_head_get_with_metadata_and_checksums(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    data = os.urandom(300_000)
+    w = store.writer(checksums=("sha256", "crc32", "crc32c"))
+    for i in range(0, len(data), 7000):
+        w.write(data[i:i + 7000])
+    assert w.size == len(data)
+    assert w.md5_hex() == hashlib.md5(data).hexdigest()
+    assert w.digest("sha256") == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    crc = zlib.crc32(data).to_bytes(4, "big")
+    assert w.digest("crc32") == base64.b64encode(crc).decode()
+    info = store.commit("b", "dir/file.bin", w, content_type="image/png",
+                        metadata={"color": "blue"},
+                        headers={"cache-control": "no-cache", "content-encoding": "gzip"})
+    assert info.size == len(data) and info.etag == hashlib.md5(data).hexdigest()
+    assert info.checksums["sha256"] == w.digest("sha256")
+    assert set(info.checksums) <= {"sha256", "crc32", "crc32c"}
+    assert info.parts == [] and info.version_id == "null"
+    head = store.head("b", "dir/file.bin")
+    assert head == info
+    assert head.content_type == "image/png" and head.metadata == {"color": "blue"}
+    assert head.headers == {"cache-control": "no-cache", "content-encoding": "gzip"}
+    assert read(store, head) == data
+    with store.open_blob(head) as f:  # ranged read
+        f.seek(1000)
+        assert f.read(10) == data[1000:1010]
+    got, f = store.open_object("b", "dir/file.bin")
+    with f:
+        assert got == info and f.read() == data
+    assert tmp_files(store) == []
+    with pytest.raises(S3Error) as e:
+        store.head("b", "missing")
+    assert code(e) == ("NoSuchKey", 404)
+
+
+def test_checksums_given_by_the_server_are_stored_as_given(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    info = put(store, "b", "k", b"abc", checksums={"crc32": "NSRBwg=="})
+    assert store.head("b", "k").checksums == {"crc32": "NSRBwg=="}
+    assert info.content_type == "binary/octet-stream"
+
+
+def test_overwrite_replaces_and_deletes_old_blob_but_open_readers_keep_it(
+        store: ObjectStore) -> None:
+    store.create_bucket("b")
+    first = put(store, "b", "k", b"first version")
+    reader = store.open_blob(first)
+    second = put(store, "b", "k", b"second")
+    assert first.blob != second.blob
+    assert blob_files(store) == {second.blob}
+    assert reader.read() == b"first version"  # POSIX: unlinked but still open
+    reader.close()
+    assert read(store, store.head("b", "k")) == b"second"
+    with pytest.raises(S3Error) as e:  # the old blob is gone for new readers
+        store.open_blob(first)
+    assert code(e) == ("NoSuchKey", 404)
+
+
+def test_delete_is_idempotent(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    info = put(store, "b", "k")
+    assert store.delete("b", "k") == info
+    assert store.delete("b", "k") is None
+    assert blob_files(store) == set()
+    with pytest.raises(S3Error) as e:
+        store.delete("nope", "k")
+    assert code(e) == ("NoSuchBucket", 404)
+
+
+def test_commit_errors_abort_the_writer(store: ObjectStore) -> None:
+    w = store.writer()
+    w.write(b"data")
+    with pytest.raises(S3Error) as e:
+        store.commit("nope", "k", w)
+    assert code(e) == ("NoSuchBucket", 404)
+    assert tmp_files(store) == [] and blob_files(store) == set()
+    store.create_bucket("b")
+    w = store.writer()
+    w.write(b"data")
+    with pytest.raises(S3Error) as e:
+        store.commit("b", "k" * 1025, w)
+    assert code(e) == ("KeyTooLongError", 400)
+    assert tmp_files(store) == [] and blob_files(store) == set()
+
+
+def test_abort_and_context_manager_remove_the_temp_file(store: ObjectStore) -> None:
+    w = store.writer()
+    w.write(b"partial")
+    assert len(tmp_files(store)) == 1
+    w.abort()
+    w.abort()  # idempotent
+    assert tmp_files(store) == []
+    with pytest.raises(RuntimeError), store.writer() as w2:
+        w2.write(b"truncated upload")
+        raise RuntimeError("client went away")
+    assert tmp_files(store) == []
+    with pytest.raises(ValueError):
+        w2.write(b"more")
+
+
+def test_check_refusing_keeps_old_object_and_leaves_no_temp_file(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    old = put(store, "b", "k", b"old")
+    seen: list[ObjectInfo | None] = []
+
+    def if_none_match(current: ObjectInfo | None) -> None:
+        seen.append(current)
+        if current is not None:
+            raise precondition_failed("If-None-Match")
+
+    w = store.writer()
+    w.write(b"new")
+    with pytest.raises(S3Error) as e:
+        store.commit("b", "k", w, check=if_none_match)
+    assert code(e) == ("PreconditionFailed", 412)
+    assert seen == [old]
+    assert store.head("b", "k") == old and read(store, old) == b"old"
+    assert tmp_files(store) == [] and blob_files(store) == {old.blob}
+    # The same check lets a create through.
+    created = put(store, "b", "new-key", b"n", check=if_none_match)
+    assert seen[-1] is None and store.head("b", "new-key") == created
+
+
+def test_concurrent_writers_last_complete_write_wins_never_a_mix(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    size, chunk, writers = 3 * 1024 * 1024, 16 * 1024, 4
+    bodies = {i: bytes([i + 1]) * 7 + bytes([0x80 | i]) for i in range(writers)}
+    barrier = threading.Barrier(writers)
+    committed: list[int] = []  # in commit order: `check` runs inside each transaction
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            w = store.writer()
+            pattern = bodies[i] * (chunk // len(bodies[i]))
+            barrier.wait()
+            for _ in range(size // chunk):
+                w.write(pattern)
+            store.commit("b", "shared", w, metadata={"writer": str(i)},
+                         check=lambda current: committed.append(i))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(committed) == list(range(writers))
+    final = store.head("b", "shared")
+    winner = committed[-1]
+    assert final.metadata == {"writer": str(winner)}
+    data = read(store, final)
+    assert data == bodies[winner] * (size // len(bodies[winner]))
+    assert blob_files(store) == {final.blob} and tmp_files(store) == []
+
+
+def test_copy_links_a_new_blob_and_copies_or_replaces_metadata(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    src = put(store, "b", "src", b"payload", content_type="text/plain",
+              metadata={"a": "1"}, headers={"cache-control": "max-age=60"})
+    copied = store.copy(src, "b", "dst")
+    assert copied.blob != src.blob and copied.etag == src.etag and copied.size == src.size
+    assert copied.metadata == {"a": "1"} and copied.content_type == "text/plain"
+    assert copied.headers == {"cache-control": "max-age=60"}
+    replaced = store.copy(src, "b", "dst2", content_type="application/json",
+                          metadata={"b": "2"}, headers={})
+    assert replaced.metadata == {"b": "2"} and replaced.content_type == "application/json"
+    assert replaced.headers == {}
+    # Deleting the source leaves the copies intact (blobs are independent names).
+    store.delete("b", "src")
+    assert read(store, store.head("b", "dst")) == b"payload"
+    # Copy onto itself with new metadata (the REPLACE directive).
+    dst = store.head("b", "dst")
+    again = store.copy(dst, "b", "dst", metadata={"c": "3"})
+    assert store.head("b", "dst") == again and read(store, again) == b"payload"
+    assert blob_files(store) == {again.blob, replaced.blob}
+    # A stale source (replaced since it was read) is NoSuchKey, not another body.
+    with pytest.raises(S3Error) as e:
+        store.copy(src, "b", "dst3")
+    assert code(e) == ("NoSuchKey", 404)
+    # check refuses a copy just like a put.
+    def if_match_other(current: ObjectInfo | None) -> None:
+        raise precondition_failed("If-Match")
+
+    with pytest.raises(S3Error):
+        store.copy(again, "b", "dst", check=if_match_other)
+    assert store.head("b", "dst") == again
+    assert blob_files(store) == {again.blob, replaced.blob}
+
+
+# -- listing ------------------------------------------------------------------------------
+
+
+def keys(page: objects_module.ListPage) -> list[str]:
+    return [o.key for o in page.objects]
+
+
+def test_list_prefix_start_after_and_pagination(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    names = ["a", "a/1", "a/2", "b", "ba", "c"]
+    for k in names:
+        put(store, "b", k)
+    page = store.list_objects("b")
+    assert keys(page) == names and not page.truncated and page.next_after == "c"
+    assert keys(store.list_objects("b", prefix="b")) == ["b", "ba"]
+    assert keys(store.list_objects("b", start_after="a/1")) == ["a/2", "b", "ba", "c"]
+    assert keys(store.list_objects("b", prefix="a/", start_after="a/1")) == ["a/2"]
+    assert keys(store.list_objects("b", prefix="zzz")) == []
+    empty = store.list_objects("b", max_keys=0)
+    assert empty.objects == [] and empty.common_prefixes == [] and not empty.truncated
+    got, after = [], ""
+    while True:
+        page = store.list_objects("b", start_after=after, max_keys=2)
+        got += keys(page)
+        if not page.truncated:
+            break
+        after = page.next_after
+    assert got == names
+    # Exactly max_keys left: not truncated.
+    page = store.list_objects("b", start_after="b", max_keys=2)
+    assert keys(page) == ["ba", "c"] and not page.truncated
+    with pytest.raises(S3Error) as e:
+        store.list_objects("nope")
+    assert code(e) == ("NoSuchBucket", 404)
+
+
+def test_list_with_delimiter_rolls_up_nested_keys(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    for k in ["photos/2024/jan/1.jpg", "photos/2024/jan/2.jpg", "photos/2024/feb/1.jpg",
+              "photos/2025/x.jpg", "photos/readme", "photos.txt", "top", "z/z"]:
+        put(store, "b", k)
+    page = store.list_objects("b", delimiter="/")
+    assert keys(page) == ["photos.txt", "top"]
+    assert page.common_prefixes == ["photos/", "z/"]
+    page = store.list_objects("b", prefix="photos/", delimiter="/")
+    assert keys(page) == ["photos/readme"]
+    assert page.common_prefixes == ["photos/2024/", "photos/2025/"]
+    page = store.list_objects("b", prefix="photos/2024/", delimiter="/")
+    assert keys(page) == [] and page.common_prefixes == ["photos/2024/feb/",
+                                                         "photos/2024/jan/"]
+    # A multi-character delimiter, and one that is not "/".
+    page = store.list_objects("b", delimiter="20")
+    assert page.common_prefixes == ["photos/20"]
+    assert keys(page) == ["photos.txt", "photos/readme", "top", "z/z"]
+
+
+def test_pagination_across_common_prefixes(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    for d in "abcde":
+        for i in range(3):
+            put(store, "b", f"{d}/{i}")
+        put(store, "b", f"{d}-file")
+    entries: list[str] = []
+    after = ""
+    pages = 0
+    while True:
+        page = store.list_objects("b", delimiter="/", start_after=after, max_keys=3)
+        pages += 1
+        assert len(page.objects) + len(page.common_prefixes) <= 3
+        entries += keys(page) + page.common_prefixes
+        if not page.truncated:
+            break
+        assert page.next_after in keys(page) + page.common_prefixes
+        after = page.next_after
+    assert sorted(entries) == sorted([f"{d}/" for d in "abcde"] + [f"{d}-file" for d in "abcde"])
+    assert len(entries) == len(set(entries)) == 10
+    assert pages == 4
+    # Resuming from a key inside a common prefix does not repeat the prefix.
+    page = store.list_objects("b", delimiter="/", start_after="b/0", max_keys=2)
+    assert page.common_prefixes == ["c/"] and keys(page) == ["c-file"]
+
+
+def test_utf8_byte_order_and_long_keys(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    weird = ["é", "e", "z", "日本", "\U0001f600", "\uffff", "A", "a", "Z~", "é/x"]
+    long_key = "k" * 1021 + "é" + "!"  # 1,024 bytes exactly
+    assert len(long_key.encode()) == 1024
+    for k in [*weird, long_key]:
+        put(store, "b", k, k.encode())
+    listed = keys(store.list_objects("b"))
+    assert listed == sorted([*weird, long_key], key=lambda k: k.encode("utf-8"))
+    assert read(store, store.head("b", long_key)) == long_key.encode()
+    page = store.list_objects("b", delimiter="/", prefix="é")
+    assert keys(page) == ["é"] and page.common_prefixes == ["é/"]
+    # start_after between multi-byte keys
+    assert keys(store.list_objects("b", start_after="日本")) == ["\uffff", "\U0001f600"]
+    w = store.writer()
+    with pytest.raises(S3Error) as e:
+        store.commit("b", "k" * 1021 + "éé", w)  # 1,025 bytes
+    assert code(e) == ("KeyTooLongError", 400)
+
+
+def test_prefix_end() -> None:
+    assert prefix_end("") is None
+    assert prefix_end("a/") == "a0"
+    assert prefix_end("a\U0010ffff") == "b"
+    assert prefix_end("\ud7ff") == "\ue000"
+    assert prefix_end("\U0010ffff") is None
+
+
+def test_keys_never_become_paths(store: ObjectStore, tmp_path: Path) -> None:
+    store.create_bucket("b")
+    evil = ["../../etc/passwd", "a/../../b", "/abs/path", "..", ".", "a//b", "\\..\\x",
+            "nul\x00byte", "~/x"]
+    before = set(tmp_path.rglob("*"))
+    for k in evil:
+        put(store, "b", k, k.encode())
+    listed = keys(store.list_objects("b"))
+    assert listed == sorted(evil, key=lambda k: k.encode())
+    for k in evil:
+        assert read(store, store.head("b", k)) == k.encode()
+    created = set(tmp_path.rglob("*")) - before
+    assert all(p.resolve().is_relative_to(store.root.resolve()) for p in created)
+    assert {p.name for p in created if p.is_file()} <= blob_files(store) | {"objects.db-wal",
+                                                                            "objects.db-shm"}
+    assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "b").exists()
+
+
+def test_listing_10000_keys(tmp_path: Path) -> None:
+    fast = ObjectStore(tmp_path, sync=False)  # no fsyncs: only the listing is of interest
+    try:
+        fast.create_bucket("b")
+        for i in range(10_000):
+            put(fast, "b", f"dir{i % 10}/key-{i:05d}")
+        started = time.perf_counter()
+        total, after, pages = 0, "", 0
+        while True:
+            page = fast.list_objects("b", start_after=after, max_keys=1000)
+            total += len(page.objects)
+            pages += 1
+            if not page.truncated:
+                break
+            after = page.next_after
+        flat = time.perf_counter() - started
+        started = time.perf_counter()
+        rolled = fast.list_objects("b", delimiter="/")
+        rolled_time = time.perf_counter() - started
+        assert total == 10_000 and pages == 10
+        assert rolled.common_prefixes == [f"dir{i}/" for i in range(10)]
+        print(f"\nlisting 10,000 keys in {pages} pages: {flat * 1000:.1f} ms; "
+              f"with delimiter (10 common prefixes): {rolled_time * 1000:.2f} ms")
+    finally:
+        fast.close()
+
+
+# -- crash recovery -----------------------------------------------------------------------
+
+
+def test_reopen_removes_temp_files_and_orphan_blobs(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    store = ObjectStore(root)
+    store.create_bucket("b")
+    kept = put(store, "b", "kept", b"safe")
+    w: BlobWriter = store.writer()
+    w.write(b"half an upload")  # never committed: the process "dies" here
+    w._file.flush()
+    orphan = store.blob_path("ab" + "0" * 30)  # renamed but its row never committed
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"orphan")
+    (store.blobs / "stray-file").write_bytes(b"?")
+    store.close()
+    assert len(tmp_files(store)) == 1
+
+    reopened = ObjectStore(root)
+    try:
+        assert tmp_files(reopened) == []
+        assert blob_files(reopened) == {kept.blob}
+        assert not (reopened.blobs / "stray-file").exists()
+        assert read(reopened, reopened.head("b", "kept")) == b"safe"
+    finally:
+        reopened.close()
+    w.abort()
+
+
+def test_one_store_per_root(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path)
+    with pytest.raises(RuntimeError):
+        ObjectStore(tmp_path)
+    store.close()
+    ObjectStore(tmp_path).close()
+
+
+CRASHER = """
+import sys, time
+from pathlib import Path
+from cloudland.storage.objects import ObjectStore
+store = ObjectStore(Path(sys.argv[1]))
+store.create_bucket("b")
+w = store.writer()
+w.write(b"committed")
+store.commit("b", "done", w)
+w = store.writer()
+w.write(b"x" * 1_000_000)
+w._file.flush()
+print("writing", flush=True)
+while True:
+    w.write(b"y" * 65536)
+    time.sleep(0.001)
+"""
+
+
+def test_kill_9_during_upload_leaves_no_object_and_no_temp_file(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(root)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "writing"
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(list((root / "tmp").iterdir())) == 1  # the torn upload
+    store = ObjectStore(root)
+    try:
+        assert tmp_files(store) == []
+        page = store.list_objects("b")
+        assert keys(page) == ["done"]
+        assert read(store, page.objects[0]) == b"committed"
+        assert blob_files(store) == {page.objects[0].blob}
+    finally:
+        store.close()
+
+
+# -- multipart ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(objects_module, "MIN_PART_SIZE", 1024)
+    return 1024
+
+
+def upload_part(store: ObjectStore, upload_id: str, number: int, data: bytes,
+                checksums: tuple[str, ...] = ()) -> objects_module.PartInfo:
+    w = store.writer(checksums)
+    w.write(data)
+    return store.put_part(upload_id, number, w)
+
+
+def test_multipart_complete(store: ObjectStore, small_parts: int) -> None:
+    store.create_bucket("b")
+    upload_id = store.create_upload("b", "big", content_type="video/mp4",
+                                    metadata={"owner": "me"},
+                                    headers={"content-disposition": "attachment"},
+                                    checksums_algorithm="SHA256")
+    up = store.upload(upload_id)
+    assert (up.bucket, up.key, up.content_type, up.metadata) == ("b", "big", "video/mp4",
+                                                                 {"owner": "me"})
+    assert up.checksums_algorithm == "sha256"
+    bodies = [os.urandom(3000), os.urandom(2048), os.urandom(10)]
+    parts = [upload_part(store, upload_id, n, d, ("sha256",))
+             for n, d in zip([1, 3, 7], bodies, strict=True)]
+    assert parts[0].etag == hashlib.md5(bodies[0]).hexdigest() and parts[0].size == 3000
+    # Replacing a part number replaces its blob.
+    old_blobs = blob_files(store)
+    replaced = upload_part(store, upload_id, 3, bodies[1], ("sha256",))
+    assert len(blob_files(store)) == len(old_blobs)
+    parts[1] = replaced
+
+    info = store.complete_upload(upload_id, [(1, parts[0].etag), (3, f'"{parts[1].etag}"'),
+                                             (7, parts[2].etag)])
+    md5s = b"".join(hashlib.md5(b).digest() for b in bodies)
+    assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
+    assert info.parts == [3000, 2048, 10] and info.size == 5058
+    assert info.content_type == "video/mp4" and info.metadata == {"owner": "me"}
+    assert info.headers == {"content-disposition": "attachment"}
+    composite = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in bodies)).digest()
+    assert info.checksums == {"sha256": base64.b64encode(composite).decode() + "-3"}
+    assert store.head("b", "big") == info
+    assert read(store, info) == b"".join(bodies)
+    assert blob_files(store) == {info.blob} and tmp_files(store) == []
+    with pytest.raises(S3Error) as e:
+        store.upload(upload_id)
+    assert code(e) == ("NoSuchUpload", 404)
+    with pytest.raises(S3Error) as e:
+        store.complete_upload(upload_id, [(1, parts[0].etag)])
+    assert code(e) == ("NoSuchUpload", 404)
+
+
+def test_multipart_errors(store: ObjectStore, small_parts: int) -> None:
+    store.create_bucket("b")
+    upload_id = store.create_upload("b", "k", content_type="x", metadata={}, headers={})
+    p1 = upload_part(store, upload_id, 1, b"a" * 2000)
+    p2 = upload_part(store, upload_id, 2, b"b" * 100)
+    p3 = upload_part(store, upload_id, 3, b"c" * 2000)
+
+    def refused(parts: list[tuple[int, str]]) -> tuple[str, int]:
+        with pytest.raises(S3Error) as e:
+            store.complete_upload(upload_id, parts)
+        return code(e)
+
+    assert refused([(2, p2.etag), (1, p1.etag)]) == ("InvalidPartOrder", 400)
+    assert refused([(1, p1.etag), (1, p1.etag)]) == ("InvalidPartOrder", 400)
+    assert refused([(1, p1.etag), (4, p1.etag)]) == ("InvalidPart", 400)
+    assert refused([(1, p2.etag)]) == ("InvalidPart", 400)
+    assert refused([(1, p1.etag), (2, p2.etag), (3, p3.etag)]) == ("EntityTooSmall", 400)
+    assert refused([]) == ("MalformedXML", 400)
+    with pytest.raises(S3Error) as e:
+        upload_part(store, upload_id, 10_001, b"x")
+    assert code(e) == ("InvalidArgument", 400)
+    with pytest.raises(S3Error) as e:
+        upload_part(store, "no-such-upload", 1, b"x")
+    assert code(e) == ("NoSuchUpload", 404)
+    assert tmp_files(store) == []
+    # The upload survives refusals; a small last part is fine; unlisted parts are dropped.
+    info = store.complete_upload(upload_id, [(1, p1.etag), (2, p2.etag)])
+    assert info.size == 2100 and read(store, info) == b"a" * 2000 + b"b" * 100
+    assert blob_files(store) == {info.blob}
+    # A refusing check keeps the upload, so the client can retry.
+    upload_id = store.create_upload("b", "k", content_type="x", metadata={}, headers={})
+    p = upload_part(store, upload_id, 1, b"z")
+
+    def refuse(current: ObjectInfo | None) -> None:
+        assert current == info
+        raise precondition_failed("If-None-Match")
+
+    with pytest.raises(S3Error):
+        store.complete_upload(upload_id, [(1, p.etag)], check=refuse)
+    assert store.head("b", "k") == info and store.upload(upload_id).key == "k"
+    assert len(blob_files(store)) == 2 and tmp_files(store) == []
+    with pytest.raises(S3Error) as e:
+        store.create_upload("nope", "k", content_type="x", metadata={}, headers={})
+    assert code(e) == ("NoSuchBucket", 404)
+
+
+def test_abort_upload_removes_its_blobs(store: ObjectStore, small_parts: int) -> None:
+    store.create_bucket("b")
+    upload_id = store.create_upload("b", "k", content_type="x", metadata={}, headers={})
+    for n in range(1, 4):
+        upload_part(store, upload_id, n, b"p" * 2000)
+    assert len(blob_files(store)) == 3
+    store.abort_upload(upload_id)
+    assert blob_files(store) == set()
+    with pytest.raises(S3Error) as e:
+        store.abort_upload(upload_id)
+    assert code(e) == ("NoSuchUpload", 404)
+    with pytest.raises(S3Error) as e:
+        store.list_parts(upload_id)
+    assert code(e) == ("NoSuchUpload", 404)
+    store.delete_bucket("b")
+
+
+def test_list_uploads_and_parts_pagination(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    store.create_bucket("other")
+    store.create_upload("other", "a", content_type="x", metadata={}, headers={})
+    ids: list[tuple[str, str]] = []
+    for key in ["b", "a", "c/1", "a", "c/2"]:
+        ids.append((key, store.create_upload("b", key, content_type="x", metadata={},
+                                             headers={})))
+    expected = sorted(ids, key=lambda kv: kv[0])  # stable: same key by initiation order
+    ups, truncated = store.list_uploads("b")
+    assert [(u.key, u.id) for u in ups] == expected and not truncated
+    got: list[tuple[str, str]] = []
+    key_marker = id_marker = ""
+    while True:
+        ups, truncated = store.list_uploads("b", key_marker=key_marker,
+                                            upload_id_marker=id_marker, max_uploads=2)
+        got += [(u.key, u.id) for u in ups]
+        if not truncated:
+            break
+        key_marker, id_marker = ups[-1].key, ups[-1].id
+    assert got == expected
+    ups, _ = store.list_uploads("b", key_marker="a")  # without an id marker: after the key
+    assert [u.key for u in ups] == ["b", "c/1", "c/2"]
+    ups, _ = store.list_uploads("b", prefix="c/")
+    assert [u.key for u in ups] == ["c/1", "c/2"]
+    with pytest.raises(S3Error) as e:
+        store.list_uploads("nope")
+    assert code(e) == ("NoSuchBucket", 404)
+
+    upload_id = expected[0][1]
+    for n in [5, 1, 3, 2, 4]:
+        upload_part(store, upload_id, n, bytes([n]) * n)
+    parts, truncated = store.list_parts(upload_id)
+    assert [p.number for p in parts] == [1, 2, 3, 4, 5] and not truncated
+    assert [p.size for p in parts] == [1, 2, 3, 4, 5]
+    parts, truncated = store.list_parts(upload_id, max_parts=2)
+    assert [p.number for p in parts] == [1, 2] and truncated
+    parts, truncated = store.list_parts(upload_id, part_number_marker=2, max_parts=2)
+    assert [p.number for p in parts] == [3, 4] and truncated
+    parts, truncated = store.list_parts(upload_id, part_number_marker=4, max_parts=2)
+    assert [p.number for p in parts] == [5] and not truncated
+
+
+def test_large_multipart_is_streamed(store: ObjectStore, small_parts: int) -> None:
+    store.create_bucket("b")
+    upload_id = store.create_upload("b", "k", content_type="x", metadata={}, headers={})
+    chunk = os.urandom(64 * 1024)
+    etags = []
+    for n in (1, 2):
+        w = store.writer()
+        for _ in range(64):  # 4 MiB per part, written in 64 KiB chunks
+            w.write(chunk)
+        etags.append((n, store.put_part(upload_id, n, w).etag))
+    info = store.complete_upload(upload_id, etags)
+    assert info.size == 8 * 1024 * 1024
+    digest = hashlib.md5()
+    with store.open_blob(info) as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    assert digest.hexdigest() == hashlib.md5(chunk * 128).hexdigest()

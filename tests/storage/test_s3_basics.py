@@ -1,0 +1,69 @@
+"""The S3 API through boto3 against a real CloudLand: buckets, objects, listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import Running
+from tests.storage.conftest import client
+
+
+def code(err: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
+    response = err.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_bucket_and_object_round_trip(s3: Any) -> None:
+    s3.create_bucket(Bucket="photos")
+    assert "photos" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.head_bucket(Bucket="photos")
+    put = s3.put_object(Bucket="photos", Key="cats/tom.jpg", Body=b"meow" * 1000,
+                        ContentType="image/jpeg", Metadata={"owner": "ann"})
+    got = s3.get_object(Bucket="photos", Key="cats/tom.jpg")
+    assert got["Body"].read() == b"meow" * 1000
+    assert got["ETag"] == put["ETag"] and got["ContentType"] == "image/jpeg"
+    assert got["Metadata"] == {"owner": "ann"}
+    head = s3.head_object(Bucket="photos", Key="cats/tom.jpg")
+    assert head["ContentLength"] == 4000
+    ranged = s3.get_object(Bucket="photos", Key="cats/tom.jpg", Range="bytes=0-3")
+    assert ranged["Body"].read() == b"meow" and ranged["ContentRange"] == "bytes 0-3/4000"
+    listed = s3.list_objects_v2(Bucket="photos", Prefix="cats/")
+    assert [o["Key"] for o in listed["Contents"]] == ["cats/tom.jpg"]
+    s3.delete_object(Bucket="photos", Key="cats/tom.jpg")
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="photos", Key="cats/tom.jpg")
+    assert code(err) == ("NoSuchKey", 404)
+    s3.delete_bucket(Bucket="photos")
+
+
+def test_unsigned_requests_are_refused(s3_cloudland: Running, s3: Any) -> None:
+    s3.create_bucket(Bucket="private")
+    anonymous = client(s3_cloudland, None)
+    with pytest.raises(ClientError) as err:
+        anonymous.list_objects_v2(Bucket="private")
+    assert code(err) == ("AccessDenied", 403)
+    wrong = client(s3_cloudland, ("CLNOSUCHKEY000000000", "x" * 40))
+    with pytest.raises(ClientError) as err:
+        wrong.list_buckets()
+    assert code(err) == ("InvalidAccessKeyId", 403)
+
+
+def test_access_keys_are_created_listed_and_deleted(s3_cloudland: Running) -> None:
+    made = s3_cloudland.cli("keys", "create", "--description", "ci", "-o", "json").json()
+    key = (made["accessKeyId"], made["secretAccessKey"])
+    assert key[0].startswith("CL") and len(key[0]) == 20 and len(key[1]) == 40
+    listed = s3_cloudland.cli("keys", "list", "-o", "json").json()
+    assert {"accessKeyId": key[0], "description": "ci"} in [
+        {k: row[k] for k in ("accessKeyId", "description")} for row in listed]
+    assert key[1] not in s3_cloudland.cli("keys", "list").stdout  # never shown again
+    mine = client(s3_cloudland, key)
+    mine.list_buckets()
+    assert s3_cloudland.cli("keys", "delete", key[0]).exit_code == 0
+    with pytest.raises(ClientError) as err:
+        mine.list_buckets()
+    assert code(err) == ("InvalidAccessKeyId", 403)
+    missing = s3_cloudland.cli("keys", "delete", key[0])
+    assert missing.exit_code == 1 and "no access key" in missing.output
