@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cloudland.client import Client
+from cloudland.errors import Invalid
 from cloudland.mesh.ca import CertificateAuthority, service_dns_names, workload_identity
 from tests.conftest import Running, wait_for
 from tests.test_services import hello_spec, ready_count, service, status
@@ -148,3 +149,22 @@ def test_an_invalid_regex_is_refused_with_its_position(cloudland: Running, path:
     body = r.json()
     assert "invalid regular expression at position" in body["message"]
     assert "spec.rules[0].matches[0].path" in (body.get("field") or "")
+
+
+def test_spec_port_is_the_mesh_address_and_cannot_be_taken_twice(cloudland: Running,
+                                                                 tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Client(cloudland.api) as client:
+        client.apply([service("fixed", {**hello_spec(tmp_path, 1), "port": port})])
+        wait_for(lambda: ready_count(client, "fixed", 1), timeout=30, message="fixed ready")
+        assert status(client, "fixed")["address"] == f"127.0.0.1:{port}"
+        try:
+            client.apply([service("twin", {**hello_spec(tmp_path, 1), "port": port})])
+        except Invalid as err:
+            assert "default/fixed" in str(err) and f"spec.port {port}" in str(err)
+        else:
+            raise AssertionError("a second Service with the same spec.port was accepted")
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "hello v1",
+             timeout=10, message="the Service on its own spec.port through Envoy")

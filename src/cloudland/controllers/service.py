@@ -158,6 +158,7 @@ class ServiceReconciler:
         if wanted is not None:
             if held != wanted:
                 ports.release(held)
+            ports.hold(int(wanted))  # never handed to an instance as its $PORT
             return int(wanted)
         if held is not None:
             return held

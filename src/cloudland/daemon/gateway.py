@@ -61,6 +61,30 @@ def route_admission(service: ResourceService) -> Callable[[str, Object, Object |
     return admit
 
 
+def service_port_admission(service: ResourceService) -> Callable[[str, Object, Object | None],
+                                                                  None]:
+    """An admission hook refusing a Service whose `spec.port` another Service already
+    has (as its spec.port or its picked mesh address): Envoy cannot listen twice."""
+    def admit(operation: str, obj: Object, old: Object | None) -> None:
+        port = (obj.get("spec") or {}).get("port") if obj.get("kind") == "Service" else None
+        if port is None:
+            return
+        meta = obj["metadata"]
+        services, _ = service.list("Service")
+        for other in services:
+            om = other["metadata"]
+            if (om["namespace"], om["name"]) == (meta["namespace"], meta["name"]):
+                continue
+            address = (other.get("status") or {}).get("address") or ""
+            if (other.get("spec") or {}).get("port") == port or address.endswith(f":{port}"):
+                raise Invalid(f"Service {meta['namespace']}/{meta['name']}: spec.port {port} "
+                              f"is already the mesh port of Service {om['namespace']}/"
+                              f"{om['name']}", field="spec.port",
+                              hint="choose another port, or leave spec.port out and "
+                                   "CloudLand picks one")
+    return admit
+
+
 def _mesh_fingerprint(svc: Object) -> tuple[Any, ...]:
     """What of a Service the rendering reads: a status write that changes none of it
     (instance counts, restarts, conditions) needs no new Envoy config."""

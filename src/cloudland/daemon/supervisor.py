@@ -27,7 +27,7 @@ from cloudland import __version__
 from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
 from cloudland.api.workloads import proc_usage
-from cloudland.daemon.gateway import Gateway, route_admission
+from cloudland.daemon.gateway import Gateway, route_admission, service_port_admission
 from cloudland.daemon.storage import Storage
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
@@ -110,7 +110,7 @@ class Supervisor:
 
         store = Store(self.home.store_path)
         service = ResourceService(store)
-        service.admission.append(route_admission(service))
+        service.admission += [route_admission(service), service_port_admission(service)]
         runtimes = build_runtimes(self.home)
         storage = Storage(service, self.home.root / "objects", port=self.s3_port)
         reconcilers = default_reconcilers(runtimes.runtime, objects=storage.store)
