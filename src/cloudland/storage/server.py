@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, Protocol
 from aiohttp import web
 
 from cloudland.storage import s3xml
-from cloudland.storage.errors import S3Error, invalid_argument, precondition_failed
-from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore
+from cloudland.storage.errors import S3Error, invalid_argument, no_such_upload, precondition_failed
+from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, Upload
 from cloudland.storage.s3xml import Node, document, iso8601
 from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, verify
 
@@ -44,6 +44,14 @@ CHUNK = 1 << 20
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+# Subresources S3 has and CloudLand does not: refused, never mistaken for a plain object
+# or bucket request (PUT ?tagging must not overwrite the object with the tagging XML).
+UNSUPPORTED_SUBRESOURCES = frozenset({
+    "accelerate", "acl", "analytics", "attributes", "cors", "encryption",
+    "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "logging", "metadataTable",
+    "metrics", "notification", "object-lock", "ownershipControls", "policy", "policyStatus",
+    "publicAccessBlock", "renameObject", "replication", "requestPayment", "restore",
+    "retention", "select", "session", "tagging", "torrent", "versioning", "website"})
 STORED_HEADERS = ("content-encoding", "content-disposition", "content-language",
                   "cache-control", "expires")
 
@@ -141,10 +149,12 @@ def read_conditions(headers: Mapping[str, str], info: ObjectInfo | None, *,
         if for_read:
             return 304
         raise precondition_failed("If-None-Match")
-    if if_none is None and since is not None and info is not None and for_read:
+    if if_none is None and since is not None and info is not None:
         when = _parse_http_date(since)
         if when is not None and int(info.last_modified) <= when:
-            return 304
+            if for_read:
+                return 304
+            raise precondition_failed("If-Modified-Since")
     return None
 
 
@@ -176,7 +186,17 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {h: headers[h] for h in STORED_HEADERS if h in headers}
+    """The representation headers kept with an object; `aws-chunked` is how the body
+    travelled, not what it is, so it is dropped from Content-Encoding."""
+    kept = {h: headers[h] for h in STORED_HEADERS if h in headers}
+    if "content-encoding" in kept:
+        codings = [c.strip() for c in kept["content-encoding"].split(",")
+                   if c.strip() and c.strip().lower() != "aws-chunked"]
+        if codings:
+            kept["content-encoding"] = ", ".join(codings)
+        else:
+            del kept["content-encoding"]
+    return kept
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -273,19 +293,20 @@ class S3Server:
         raw_path = request.rel_url.raw_path
         raw_query = request.rel_url.raw_query_string
         query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
-        bucket, key = self._locate(request, raw_path)
+        bucket, key, virtual = self._locate(request, raw_path)
         verified = verify(request.method, raw_path, raw_query, request.headers,
-                          self.credentials)
+                          self.credentials, virtual_bucket=bucket if virtual else None)
         return Call(request, bucket, key, query, verified, request_id)
 
-    def _locate(self, request: web.Request, raw_path: str) -> tuple[str, str]:
+    def _locate(self, request: web.Request, raw_path: str) -> tuple[str, str, bool]:
+        """(bucket, key, virtual-host style?) of a request."""
         host = (request.headers.get("Host") or "").rsplit(":", 1)[0].lower()
         suffix = "." + self.domain
         path = urllib.parse.unquote(raw_path[1:] if raw_path.startswith("/") else raw_path)
-        if host.endswith(suffix) and host != self.domain:  # virtual-host style
-            return host[: -len(suffix)], path
+        if host.endswith(suffix) and host != self.domain:
+            return host[: -len(suffix)], path, True
         bucket, _, key = path.partition("/")
-        return bucket, key
+        return bucket, key, False
 
     async def _dispatch(self, call: Call) -> web.StreamResponse:
         if not call.bucket:
@@ -301,6 +322,13 @@ class S3Server:
 
     def _route(self, call: Call) -> Handler:
         q, m = call.query, call.method
+        unsupported = sorted(UNSUPPORTED_SUBRESOURCES.intersection(q))
+        if unsupported:
+            if unsupported == ["versioning"] and m == "GET" and not call.key:
+                return self._versioning
+            raise S3Error("NotImplemented", "A header or query you provided implies "
+                          "functionality that is not implemented", 501,
+                          Subresource=unsupported[0])
         if not call.key:
             table: dict[str, Handler] = {"PUT": self._create_bucket,
                                          "DELETE": self._delete_bucket,
@@ -381,7 +409,7 @@ class S3Server:
 
     async def _delete_bucket(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        self.store.delete_bucket(call.bucket)
+        await asyncio.to_thread(self.store.delete_bucket, call.bucket)
         return web.Response(status=204)
 
     async def _head_bucket(self, call: Call) -> web.Response:
@@ -397,6 +425,12 @@ class S3Server:
         if region:
             body = body.replace(b"/>", f">{region}</LocationConstraint>".encode(), 1)
         return _xml(body)
+
+    async def _versioning(self, call: Call) -> web.Response:
+        """Versioning is never enabled: an empty configuration says so."""
+        self._authorize(call, public=False)
+        self.store.bucket(call.bucket)
+        return _xml(document("VersioningConfiguration", []))
 
     # ---- listing ---------------------------------------------------------------------
 
@@ -470,8 +504,9 @@ class S3Server:
         self.store.bucket(call.bucket)  # NoSuchBucket before reading a body
         meta = user_metadata(call.headers)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
-        info = self.store.commit(
-            call.bucket, call.key, writer,
+        # Off the event loop: a commit fsyncs the blob, its directory and SQLite.
+        info = await asyncio.to_thread(
+            self.store.commit, call.bucket, call.key, writer,
             content_type=call.headers.get("Content-Type") or "binary/octet-stream",
             metadata=meta, headers=stored_headers(call.headers),
             checksums=verifier.checksums, check=write_check(call.headers))
@@ -506,13 +541,17 @@ class S3Server:
                     request.content.total_bytes < request.content_length:
                 raise _incomplete(request.content_length, request.content.total_bytes)
             verifier.finish()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            if isinstance(exc, ConnectionResetError):  # the client hung up mid-body
+                raise _incomplete(request.content_length or declared,
+                                  request.content.total_bytes) from None
             raise
         return writer, verifier
 
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
+        _check_version(call.query)
         # Look up and open in one step: a PUT replacing the key meanwhile cannot make
         # the blob vanish between the two (an open file stays readable).
         info, blob = await asyncio.to_thread(self.store.open_object, call.bucket, call.key)
@@ -530,6 +569,9 @@ class S3Server:
                                                      if k in ("ETag", "Last-Modified")})
         start, end, partial = 0, info.size - 1, False
         part = call.query.get("partNumber")
+        if part is not None and "Range" in call.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                          "query parameter", 400)
         if part is not None:
             start, end = self._part_range(info, part)
             partial = True
@@ -590,7 +632,8 @@ class S3Server:
 
     async def _delete_object(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        gone = self.store.delete(call.bucket, call.key)
+        _check_version(call.query)
+        gone = await asyncio.to_thread(self.store.delete, call.bucket, call.key)
         if gone is not None:
             self._publish("ObjectRemoved:Delete", gone, call)
         return web.Response(status=204)
@@ -605,21 +648,29 @@ class S3Server:
         if not objects or len(objects) > MAX_DELETE_KEYS:
             raise s3xml.malformed(f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
         quiet = (s3xml.child_text(root, "Quiet") or "").strip().lower() == "true"
+        keys = [s3xml.child_text(obj, "Key") or "" for obj in objects]
+        outcomes = await asyncio.to_thread(self._delete_each, call.bucket, keys)
         nodes: list[Node] = []
-        for obj in objects:
-            key = s3xml.child_text(obj, "Key") or ""
-            try:
-                check_key(key)
-                gone = self.store.delete(call.bucket, key)
-            except S3Error as err:
-                nodes.append(("Error", [("Key", key), ("Code", err.code),
-                                        ("Message", err.message)]))
+        for key, outcome in zip(keys, outcomes, strict=True):
+            if isinstance(outcome, S3Error):
+                nodes.append(("Error", [("Key", key), ("Code", outcome.code),
+                                        ("Message", outcome.message)]))
                 continue
-            if gone is not None:
-                self._publish("ObjectRemoved:Delete", gone, call)
+            if outcome is not None:
+                self._publish("ObjectRemoved:Delete", outcome, call)
             if not quiet:
                 nodes.append(("Deleted", [("Key", key)]))
         return _xml(document("DeleteResult", nodes))
+
+    def _delete_each(self, bucket: str, keys: list[str]) -> list[ObjectInfo | S3Error | None]:
+        """Delete each key (blocking; in a thread): what was deleted, or why not."""
+        outcomes: list[ObjectInfo | S3Error | None] = []
+        for key in keys:
+            try:
+                outcomes.append(self.store.delete(bucket, check_key(key)))
+            except S3Error as err:
+                outcomes.append(err)
+        return outcomes
 
     async def _copy_object(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
@@ -636,8 +687,8 @@ class S3Server:
                           "storage class, website redirect location or encryption attributes.",
                           400)
         replace = directive == "REPLACE"
-        info = self.store.copy(
-            source, call.bucket, call.key,
+        info = await asyncio.to_thread(
+            self.store.copy, source, call.bucket, call.key,
             content_type=(call.headers.get("Content-Type") or "binary/octet-stream")
             if replace else None,
             metadata=user_metadata(call.headers) if replace else None,
@@ -660,6 +711,14 @@ class S3Server:
 
     # ---- multipart -------------------------------------------------------------------
 
+    def _upload_of(self, call: Call) -> Upload:
+        """The upload `uploadId` names, which must be one of this bucket and key."""
+        upload_id = call.query.get("uploadId", "")
+        upload = self.store.upload(upload_id)
+        if (upload.bucket, upload.key) != (call.bucket, call.key):
+            raise no_such_upload(upload_id)
+        return upload
+
     async def _create_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         check_key(call.key)
@@ -675,15 +734,11 @@ class S3Server:
     async def _upload_part(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         number = _int_value(call.query.get("partNumber", ""), "partNumber", 1, MAX_PART_NUMBER)
-        upload_id = call.query.get("uploadId", "")
-        upload = self.store.upload(upload_id)
-        if (upload.bucket, upload.key) != (call.bucket, call.key):
-            raise S3Error("NoSuchUpload", "The specified upload does not exist for this "
-                          "bucket and key.", 404, UploadId=upload_id)
+        upload_id = self._upload_of(call).id
         if "x-amz-copy-source" in call.headers:
             return await self._upload_part_copy(call, upload_id, number)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
-        part = self.store.put_part(upload_id, number, writer)
+        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer)
         headers = {"ETag": quoted(part.etag)}
         headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
         return web.Response(status=200, headers=headers)
@@ -720,17 +775,13 @@ class S3Server:
         except BaseException:
             writer.abort()
             raise
-        part = self.store.put_part(upload_id, number, writer)
+        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer)
         return _xml(document("CopyPartResult", [
             ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag))]))
 
     async def _complete_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        upload_id = call.query["uploadId"]
-        upload = self.store.upload(upload_id)
-        if (upload.bucket, upload.key) != (call.bucket, call.key):
-            raise S3Error("NoSuchUpload", "The specified upload does not exist for this "
-                          "bucket and key.", 404, UploadId=upload_id)
+        upload_id = self._upload_of(call).id
         root = s3xml.parse(await _small_body(call))
         if root.tag != "CompleteMultipartUpload":
             raise s3xml.malformed("the root element must be CompleteMultipartUpload")
@@ -750,7 +801,7 @@ class S3Server:
 
     async def _abort_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        self.store.abort_upload(call.query["uploadId"])
+        self.store.abort_upload(self._upload_of(call).id)
         return web.Response(status=204)
 
     async def _list_uploads(self, call: Call) -> web.Response:
@@ -779,7 +830,7 @@ class S3Server:
     async def _list_parts(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         q = call.query
-        upload = self.store.upload(q["uploadId"])
+        upload = self._upload_of(call)
         limit = _int_arg(q, "max-parts", 1000, 0, 1000)
         marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)
         parts, truncated = self.store.list_parts(upload.id, part_number_marker=marker,
@@ -850,6 +901,13 @@ def _int_arg(query: Mapping[str, str], name: str, default: int, low: int,
     return default if name not in query else _int_value(query[name], name, low, high)
 
 
+def _check_version(query: Mapping[str, str]) -> None:
+    """Versioning is off: 'null' is the only version there is."""
+    version = query.get("versionId")
+    if version is not None and version != "null":
+        raise invalid_argument("Invalid version id specified", "versionId", version)
+
+
 def _make_token(after: str) -> str:
     return base64.urlsafe_b64encode(after.encode()).decode()
 
@@ -878,9 +936,12 @@ async def _small_body(call: Call) -> bytes:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
     verifier = PayloadVerifier(call.verified, call.headers)
     body = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK):
-        body += verifier.feed(chunk)
-        if len(body) > MAX_XML_BYTES:
-            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            body += verifier.feed(chunk)
+            if len(body) > MAX_XML_BYTES:
+                raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    except ConnectionResetError:  # the client hung up mid-body
+        raise _incomplete(request.content_length or 0, request.content.total_bytes) from None
     verifier.finish()
     return bytes(body)

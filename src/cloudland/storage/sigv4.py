@@ -20,6 +20,11 @@ S3 specifics (they differ from the generic SigV4 rules): the path is not normali
 (no `..` or `//` folding) and is URI-encoded once; the payload hash in the canonical
 request is the `x-amz-content-sha256` header as sent; presigned URLs use
 `UNSIGNED-PAYLOAD`.
+
+Signature Version 2 is accepted in its query-string (presigned) form only
+(`?AWSAccessKeyId=..&Expires=..&Signature=..`), because boto3's
+`generate_presigned_url` still makes those by default; see `_verify_query_v2`. The
+header form (`Authorization: AWS AKID:sig`) is refused with InvalidRequest.
 """
 
 from __future__ import annotations
@@ -59,7 +64,20 @@ _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SIG = re.compile(r"[0-9a-f]{64}")
 _DATE = re.compile(r"\d{8}")
+_EXPIRES = re.compile(r"[0-9]{1,12}")
 _CREDENTIAL_SHAPE = '"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request"'
+V2_PARAMS = ("AWSAccessKeyId", "Expires", "Signature")
+# The query parameters that are part of a SigV2 CanonicalizedResource: exactly
+# botocore's HmacV1Auth.QSAOfInterest, since boto3 is the client that still presigns
+# with SigV2 (a parameter it leaves out, e.g. `retention`, must stay out here too).
+V2_SUBRESOURCES = frozenset({
+    "accelerate", "acl", "analytics", "cors", "defaultObjectAcl", "delete", "inventory",
+    "lifecycle", "location", "logging", "metrics", "notification", "object-lock",
+    "partNumber", "policy", "replication", "requestPayment", "response-cache-control",
+    "response-content-disposition", "response-content-encoding",
+    "response-content-language", "response-content-type", "response-expires", "restore",
+    "select", "select-type", "storageClass", "tagging", "torrent", "uploadId", "uploads",
+    "versionId", "versioning", "versions", "website"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,11 @@ class Verified:
     timestamp: str  # the x-amz-date (yyyymmddThhmmssZ)
     scope: str  # date/region/s3/aws4_request
     presigned: bool = False
+    # 4 for SigV4; 2 for a SigV2 presigned URL. A SigV2 `Verified` has no signing key,
+    # seed signature or scope (empty), so no aws-chunked signed streaming; `region` is
+    # the server's (or us-east-1) and `date`/`timestamp` are the verification time,
+    # not anything the client signed -- the server must not rely on them.
+    signature_version: int = 4
 
 
 # --------------------------------------------------------------------------- helpers
@@ -196,12 +219,15 @@ def _access_denied(message: str, **extra: str) -> S3Error:
 def verify(method: str, raw_path: str, query: str, headers: Mapping[str, str],
            lookup: Callable[[str], Credentials | None], *, now: datetime | None = None,
            max_skew: timedelta = timedelta(minutes=15),
-           region: str | None = None) -> Verified | None:
-    """Check a request's SigV4 signature (Authorization header or presigned query).
+           region: str | None = None, virtual_bucket: str | None = None) -> Verified | None:
+    """Check a request's SigV4 signature (Authorization header or presigned query), or
+    a SigV2 presigned query.
 
     Returns None when the request carries no signature at all (anonymous), a
     `Verified` when the signature is right; raises `S3Error` otherwise. `region`, when
-    given, is the only region accepted in the credential scope.
+    given, is the only region accepted in the credential scope. `virtual_bucket` is the
+    bucket of a virtual-host-style request (`bucket.<domain>`): SigV2 signs
+    `/bucket/key` even when the wire path is `/key` (SigV4 ignores it).
     """
     headers = _case_insensitive(headers)
     now = now or datetime.now(UTC)
@@ -211,7 +237,7 @@ def verify(method: str, raw_path: str, query: str, headers: Mapping[str, str],
     params = _parse_query(query)
     names = {n for n, _ in params}
     query_v4 = bool(names & {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"})
-    query_v2 = "AWSAccessKeyId" in names and "Signature" in names
+    query_v2 = "AWSAccessKeyId" in names or ("Signature" in names and "Expires" in names)
     if authorization is not None and (query_v4 or query_v2):
         raise S3Error("InvalidArgument", "Only one auth mechanism allowed; only the "
                       "X-Amz-Algorithm query parameter, Signature query string parameter or "
@@ -222,7 +248,8 @@ def verify(method: str, raw_path: str, query: str, headers: Mapping[str, str],
             return _verify_query(method, raw_path, query, params, headers, lookup, now,
                                  max_skew, region)
         if query_v2:
-            raise _sigv2()
+            return _verify_query_v2(method, raw_path, query, params, headers, lookup, now,
+                                    region, virtual_bucket)
         return None
     return _verify_header(method, raw_path, query, authorization, headers, lookup, now,
                           max_skew, region)
@@ -470,6 +497,146 @@ def _check_signature(method: str, raw_path: str, query: str, headers: Mapping[st
         CanonicalRequestBytes=" ".join(f"{b:02x}" for b in canonical_request.encode()))
 
 
+# --------------------------------------------------------------------------- SigV2 query
+
+
+def v2_canonical_resource(raw_path: str, query: str, *, plus_is_space: bool = False,
+                          virtual_bucket: str | None = None) -> str:
+    """SigV2 CanonicalizedResource as botocore's HmacV1Auth builds it: the path as
+    sent (`/bucket` in front for virtual-host style), then the sub-resource
+    parameters, sorted by name (stably), values percent-decoded, `name` alone when the
+    query had no `=`."""
+    resource = raw_path or "/"
+    if virtual_bucket is not None:
+        resource = "/" + virtual_bucket + (resource if resource.startswith("/")
+                                           else "/" + resource)
+    picked: list[tuple[str, str | None]] = []
+    for piece in query.split("&"):
+        name, eq, value = piece.partition("=")
+        if name in V2_SUBRESOURCES:
+            decoded = _decode(value, plus_is_space).decode("utf-8", "replace")
+            picked.append((name, decoded if eq else None))
+    if picked:
+        picked.sort(key=lambda pair: pair[0])
+        resource += "?" + "&".join(name if value is None else f"{name}={value}"
+                                   for name, value in picked)
+    return resource
+
+
+def v2_string_to_sign(method: str, content_md5: str, content_type: str, date: str,
+                      amz_headers: Mapping[str, str], resource: str) -> str:
+    """METHOD, Content-MD5, Content-Type, Date (Expires for query auth), then the
+    x-amz-* headers (`name:value`, lower-cased, sorted) and the resource."""
+    lines = [method.upper(), content_md5.strip(), content_type.strip(), date.strip()]
+    lines += [f"{name}:{amz_headers[name]}" for name in sorted(amz_headers)]
+    return "\n".join(lines) + "\n" + resource
+
+
+def _sign_v2(secret: str, string_to_sign: str) -> str:
+    digest = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[str, str]],
+                     headers: Mapping[str, str], lookup: Callable[[str], Credentials | None],
+                     now: datetime, region: str | None,
+                     virtual_bucket: str | None) -> Verified:
+    """A SigV2 presigned URL (what boto3's generate_presigned_url makes by default).
+
+    botocore's HmacV1QueryAuth moves the Content-MD5, Content-Type and x-amz-* headers
+    it signed into the query (lower-cased names), so each of those is taken from the
+    request header when sent, else from the query. Every x-amz-* header on the request
+    is in the string to sign, so none can be added by whoever holds the URL. The body
+    is not signed: the result's payload is UNSIGNED-PAYLOAD, or the
+    x-amz-content-sha256 the signer included (a hex sha256, or unsigned aws-chunked
+    with trailer); signed aws-chunked streaming needs SigV4 and is refused.
+    """
+    values: dict[str, str] = {}
+    signed_query: dict[str, list[str]] = {}
+    for name, value in params:
+        if name in V2_PARAMS:
+            if name in values:
+                raise S3Error("InvalidArgument", f"The {name} query parameter is repeated.",
+                              400, ArgumentName=name, ArgumentValue=value)
+            values[name] = value
+        lowered = name.lower()
+        if lowered.startswith("x-amz-") or lowered in ("content-md5", "content-type"):
+            signed_query.setdefault(lowered, []).append(value)
+    if any(name not in values for name in V2_PARAMS):
+        raise _access_denied("Query-string authentication requires the Signature, Expires "
+                             "and AWSAccessKeyId parameters")
+    access_key = values["AWSAccessKeyId"]
+    expires_text = values["Expires"].strip()
+    if not _EXPIRES.fullmatch(expires_text):
+        raise _access_denied("Invalid date (should be seconds since epoch): "
+                             f"{values['Expires']}")
+    expires = int(expires_text)
+    # a `+` the client left unencoded may have become a space on the way
+    signature = values["Signature"].strip().replace(" ", "+")
+
+    credentials = lookup(access_key)
+    if credentials is None:
+        raise _unknown_key(access_key)
+    if now.timestamp() > expires:
+        raise _access_denied("Request has expired", Expires=_fmt_time(
+            datetime.fromtimestamp(expires, UTC)), ServerTime=_fmt_time(now))
+
+    def signed_value(name: str) -> str:
+        header = _header(headers, name)
+        if header is not None:
+            return header
+        return ",".join(signed_query.get(name, []))
+
+    # every x-amz-* header sent (repeats joined with `,`, as botocore does), and those
+    # botocore moved into the query; a header wins over a query parameter
+    amz = {name: ",".join(v.strip() for v in values)
+           for name, values in signed_query.items() if name.startswith("x-amz-")}
+    getall = getattr(headers, "getall", None)
+    for name in {str(n).lower() for n in headers}:
+        if name.startswith("x-amz-"):
+            sent = getall(name, []) if getall is not None else [str(headers[name])]
+            amz[name] = ",".join(str(v).strip() for v in sent)
+    payload = amz.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
+    _check_payload_mode(payload)
+    if payload in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER):
+        raise _invalid_request(f"{payload} requires AWS Signature Version 4")
+
+    # The path as sent first; then the same path re-encoded the way botocore encodes
+    # keys (aiohttp's raw_path turns `%21` back into `!` and the like); `/bucket/` for
+    # a path-style bucket request `/bucket` (botocore signs its auth_path, which has the
+    # slash); `+` as space in sub-resource values. All name the same resource.
+    paths = [raw_path, canonical_uri(raw_path)]
+    if virtual_bucket is None and raw_path.count("/") == 1 and raw_path.startswith("/") \
+            and len(raw_path) > 1:
+        paths.append(raw_path + "/")
+    resources: list[str] = []
+    for path in paths:
+        for plus in (False, True) if "+" in query else (False,):
+            resource = v2_canonical_resource(path, query, plus_is_space=plus,
+                                             virtual_bucket=virtual_bucket)
+            if resource not in resources:
+                resources.append(resource)
+    provided = signature.encode("utf-8", "replace")
+    first = ""
+    for resource in resources:
+        string_to_sign = v2_string_to_sign(method, signed_value("content-md5"),
+                                           signed_value("content-type"), values["Expires"],
+                                           amz, resource)
+        first = first or string_to_sign
+        if hmac.compare_digest(_sign_v2(credentials.secret_key, string_to_sign).encode(),
+                               provided):
+            return Verified(access_key=access_key, payload=payload,
+                            region=region or "us-east-1", date=now.strftime("%Y%m%d"),
+                            signing_key=b"", seed_signature="",
+                            timestamp=now.strftime(_TIMESTAMP_FORMAT), scope="",
+                            presigned=True, signature_version=2)
+    raise S3Error(
+        "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+        "signature you provided. Check your key and signing method.", 403,
+        AWSAccessKeyId=access_key, StringToSign=first, SignatureProvided=signature,
+        StringToSignBytes=" ".join(f"{b:02x}" for b in first.encode()))
+
+
 # --------------------------------------------------------------------------- payload
 
 
@@ -574,8 +741,9 @@ class PayloadVerifier:
         self.mode = mode
         self.chunked = mode.startswith("STREAMING-")
         self.signed_chunks = mode in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
-        if self.signed_chunks and verified is None:
-            raise _invalid_request(f"{mode} requires a signed request")
+        if self.signed_chunks and (verified is None or not verified.signing_key):
+            raise _invalid_request(f"{mode} requires a request signed with AWS Signature "
+                                   "Version 4")
         self._sha256 = hashlib.sha256() if _HEX64.fullmatch(mode) else None
         self.checksums: dict[str, str] = {}
         self.trailers: dict[str, str] = {}
