@@ -23,11 +23,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import api, apply, daemon, gateway, gateway_control, services, watch
+from bench import api, apply, daemon, gateway, gateway_control, services, storage, watch
 from bench.harness import ROOT, Row, failed
 from bench.harness import daemon as start_daemon
 
-SUITES = ("daemon", "api", "watch", "apply", "services", "routing", "gateway")
+SUITES = ("daemon", "api", "watch", "apply", "services", "routing", "storage", "gateway")
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -105,6 +105,8 @@ def run(only: list[str], console: Console) -> list[Row]:
         _guard("services", rows, services.measure, console)
     if "routing" in selected:  # its own daemon: Route changes and endpoints reaching Envoy
         _guard("routing", rows, gateway_control.measure, console)
+    if "storage" in selected:  # its own daemon and moto's S3 server, boto3 against both
+        _guard("storage", rows, storage.measure, console)
     if "gateway" in selected:  # last: wrk saturates both cores for ~85 s
         _guard("gateway", rows, gateway.measure, console)
     return rows

@@ -529,19 +529,31 @@ class S3Server:
                           "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
         verifier = PayloadVerifier(call.verified, call.headers)
         writer = self.store.writer()
+        pending: asyncio.Future[None] | None = None
         try:
+            # Hashing (MD5 for the ETag, SHA-256 and checksums for the signature) runs
+            # in a thread, one megabyte at a time, while the loop reads the next one;
+            # hashlib releases the GIL, so the two overlap. Small bodies stay inline.
+            buffer = bytearray()
             async for chunk in request.content.iter_chunked(CHUNK):
-                data = verifier.feed(chunk)
-                if data:
-                    writer.write(data)
-                    if writer.size > limit:
-                        raise S3Error("EntityTooLarge", "Your upload exceeds the maximum "
-                                      "allowed size", 400)
+                buffer += chunk
+                if len(buffer) >= CHUNK:
+                    if pending is not None:
+                        await pending
+                    block, buffer = bytes(buffer), bytearray()
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(_absorb, verifier, writer, block, limit))
+            if pending is not None:
+                await pending
+                pending = None
+            _absorb(verifier, writer, bytes(buffer), limit)
             if request.content_length is not None and \
                     request.content.total_bytes < request.content_length:
                 raise _incomplete(request.content_length, request.content.total_bytes)
             verifier.finish()
         except BaseException as exc:
+            if pending is not None:  # let the thread finish with the file before removing it
+                await asyncio.gather(pending, return_exceptions=True)
             writer.abort()
             if isinstance(exc, ConnectionResetError):  # the client hung up mid-body
                 raise _incomplete(request.content_length or declared,
@@ -920,6 +932,15 @@ def _token(token: str) -> str:
     except (ValueError, UnicodeDecodeError):
         raise invalid_argument("The continuation token provided is incorrect",
                                "continuation-token", token) from None
+
+
+def _absorb(verifier: PayloadVerifier, writer: BlobWriter, block: bytes, limit: int) -> None:
+    """One block of a request body: signature checks, then into the blob."""
+    data = verifier.feed(block)
+    if data:
+        writer.write(data)
+        if writer.size > limit:
+            raise S3Error("EntityTooLarge", "Your upload exceeds the maximum allowed size", 400)
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
