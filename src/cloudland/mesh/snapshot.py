@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class Document:
     resources: list[Json]
     stat_prefix: str
 
-    @property
+    @cached_property
     def version(self) -> str:
         return content_version(self.resources)
 
