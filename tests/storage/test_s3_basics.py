@@ -67,3 +67,35 @@ def test_access_keys_are_created_listed_and_deleted(s3_cloudland: Running) -> No
     assert code(err) == ("InvalidAccessKeyId", 403)
     missing = s3_cloudland.cli("keys", "delete", key[0])
     assert missing.exit_code == 1 and "no access key" in missing.output
+
+
+def test_review_fixes_hold(s3_cloudland: Running, s3: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    from cloudland.client import Client
+    from cloudland.errors import Invalid
+
+    # Bucket resources: valid S3 names, one namespace per name.
+    with Client(s3_cloudland.api) as api:
+        doc = {"apiVersion": "cloudland/v1", "kind": "Bucket", "spec": {}}
+        api.apply([{**doc, "metadata": {"name": "shared-name"}}])
+        for meta in ({"name": "shared-name", "namespace": "other"}, {"name": "ab"}):
+            with pytest.raises(Invalid):
+                api.apply([{**doc, "metadata": meta}])
+    # An anonymous reader of a public bucket cannot restyle an object.
+    s3.create_bucket(Bucket="open-reads", ACL="public-read")
+    s3.put_object(Bucket="open-reads", Key="empty", Body=b"")
+    base = f"{s3_cloudland.state['s3']}/open-reads/empty"
+    assert urllib.request.urlopen(base, timeout=5).status == 200
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(base + "?response-content-type=text/html", timeout=5)
+    assert http.value.code == 400
+    # A range of an empty object cannot be satisfied.
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="open-reads", Key="empty", Range="bytes=-5")
+    assert code(err) == ("InvalidRange", 416)
+    with pytest.raises(ClientError) as err:
+        s3.create_bucket(Bucket="odd-region",
+                         CreateBucketConfiguration={"LocationConstraint": "a&b"})
+    assert code(err) == ("InvalidLocationConstraint", 400)

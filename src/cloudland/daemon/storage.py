@@ -13,17 +13,21 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloudland.api.service import Change, ResourceService
+from cloudland.errors import Invalid
+from cloudland.storage.errors import S3Error
 from cloudland.storage.events import Rule, S3Events, rules_from_spec
 from cloudland.storage.objects import ObjectStore
-from cloudland.storage.server import S3Server
+from cloudland.storage.server import S3Server, check_bucket_name
 from cloudland.storage.sigv4 import Credentials
 
 log = logging.getLogger("cloudland.storage")
 
+Object = dict[str, Any]
 KEYS_NAMESPACE = "cloudland-system"
 KEY_LABEL = "cloudland.io/access-key"
 KEY_PREFIX = "s3-"
@@ -31,6 +35,29 @@ KEY_PREFIX = "s3-"
 
 def key_secret_name(access_key: str) -> str:
     return KEY_PREFIX + access_key.lower()
+
+
+def bucket_admission(service: ResourceService) -> Callable[[str, Object, Object | None], None]:
+    """An admission hook for Bucket resources: the name must be a valid S3 bucket name,
+    and unique across namespaces (S3 bucket names are global; two namespaces sharing
+    one bucket could delete each other's objects)."""
+    def admit(operation: str, obj: Object, old: Object | None) -> None:
+        if obj.get("kind") != "Bucket":
+            return
+        meta = obj["metadata"]
+        try:
+            check_bucket_name(meta["name"])
+        except S3Error as err:
+            raise Invalid(f"Bucket {meta['name']}: {err.message}", field="metadata.name",
+                          hint="S3 bucket names are 3-63 characters: a-z, 0-9, '.', '-'") \
+                from None
+        for other in service.list("Bucket")[0]:
+            om = other["metadata"]
+            if om["name"] == meta["name"] and om["namespace"] != meta["namespace"]:
+                raise Invalid(f"Bucket {meta['name']} already exists in namespace "
+                              f"{om['namespace']}: S3 bucket names are global",
+                              field="metadata.name", hint="choose another name")
+    return admit
 
 
 class AccessKeys:

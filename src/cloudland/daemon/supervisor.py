@@ -28,7 +28,7 @@ from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
 from cloudland.api.workloads import proc_usage
 from cloudland.daemon.gateway import Gateway, route_admission, service_port_admission
-from cloudland.daemon.storage import Storage
+from cloudland.daemon.storage import Storage, bucket_admission
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.runtime.logs import log_path
@@ -112,8 +112,10 @@ class Supervisor:
         service = ResourceService(store)
         service.admission += [route_admission(service), service_port_admission(service)]
         runtimes = build_runtimes(self.home)
-        storage = Storage(service, self.home.root / "objects", port=self.s3_port)
-        reconcilers = default_reconcilers(runtimes.runtime, objects=storage.store)
+        service.admission.append(bucket_admission(service))
+        storage = self._open_storage(service)
+        reconcilers = default_reconcilers(runtimes.runtime,
+                                          objects=storage.store if storage else None)
         manager = Manager(service, reconcilers)
         app = create_app(service, health=lambda: self.health(manager, runtimes, storage),
                          usage=proc_usage(service), log_root=runtimes.runtime.log_root,
@@ -130,7 +132,8 @@ class Supervisor:
         gateway: Gateway | None = None
         try:
             await manager.start()
-            await self._start_storage(storage)
+            if storage is not None:
+                await self._start_storage(storage)
             gateway = await self._start_gateway(service)
             while not server.started:
                 if serving.done():
@@ -144,7 +147,7 @@ class Supervisor:
                 "pid": os.getpid(), "api": api_url, "home": str(self.home.root),
                 "version": __version__, "startedAt": self.started,
                 **({"gateway": gateway.url} if gateway else {}),
-                **({"s3": storage.url} if self.storage_error is None else {}),
+                **({"s3": storage.url} if storage and self.storage_error is None else {}),
             })
             log.info("API listening on %s (home %s), ready %.0f ms after process start",
                      api_url, self.home.root, process_age() * 1000)
@@ -158,7 +161,8 @@ class Supervisor:
                 await asyncio.wait_for(serving, 5)
             if gateway is not None:
                 await gateway.stop()
-            await storage.stop()
+            if storage is not None:
+                await storage.stop()
             await manager.stop()
             # `down` stops every workload; a kill -9 leaves them for the next `up` to adopt.
             for rec in reconcilers:
@@ -171,6 +175,16 @@ class Supervisor:
             sock.close()
             store.close()
             log.info("stopped")
+
+    def _open_storage(self, service: ResourceService) -> Storage | None:
+        """The object store; CloudLand runs on without it if it cannot be opened (a
+        corrupt database, another CloudLand holding its directory)."""
+        try:
+            return Storage(service, self.home.root / "objects", port=self.s3_port)
+        except Exception as exc:  # a boundary: report it in status, keep the rest up
+            self.storage_error = f"the object store could not be opened: {exc}"
+            log.error("%s", self.storage_error)
+            return None
 
     async def _start_storage(self, storage: Storage) -> None:
         """The S3 server; CloudLand runs on without it if its port is taken."""
@@ -204,7 +218,7 @@ class Supervisor:
         self.gateway = gateway
         return gateway
 
-    def health(self, manager: Any, runtimes: Any, storage: Storage) -> dict[str, Any]:
+    def health(self, manager: Any, runtimes: Any, storage: Storage | None) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "api": {"healthy": True},
             "store": {"healthy": True, "path": str(self.home.store_path)},
@@ -213,7 +227,7 @@ class Supervisor:
         parts["runtime"] = runtimes.health()
         parts["gateway"] = (self.gateway.health() if self.gateway is not None
                             else {"healthy": False, "error": self.gateway_error})
-        parts["s3"] = (storage.health() if self.storage_error is None
+        parts["s3"] = (storage.health() if storage and self.storage_error is None
                        else {"healthy": False, "error": self.storage_error})
         return parts
 

@@ -48,6 +48,13 @@ def document(root: str, nodes: Iterable[Node]) -> bytes:
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
 
 
+def text_document(root: str, text: str | None) -> bytes:
+    """`<root xmlns=...>text</root>` (empty when `text` is None), escaped."""
+    element = ET.Element(root, xmlns=NAMESPACE)
+    element.text = text
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
+
+
 def error_document(err: S3Error, request_id: str) -> bytes:
     nodes: list[Node] = [("Code", err.code), ("Message", err.message)]
     nodes += [(name, value) for name, value in err.extra.items()]

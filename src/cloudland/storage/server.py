@@ -42,6 +42,13 @@ MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
 CHUNK = 1 << 20
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
+RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
+                      ("response-content-disposition", "Content-Disposition"),
+                      ("response-content-encoding", "Content-Encoding"),
+                      ("response-content-language", "Content-Language"),
+                      ("response-cache-control", "Cache-Control"),
+                      ("response-expires", "Expires"))
+REGION = re.compile(r"[a-z0-9-]{1,32}")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 # Subresources S3 has and CloudLand does not: refused, never mistaken for a plain object
@@ -205,6 +212,8 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value)
     if not match or (not match.group(1) and not match.group(2)):
         return None
+    if size == 0:
+        raise _invalid_range(size)  # nothing in an empty object can be a range
     first, last = match.group(1), match.group(2)
     if not first:  # the last N bytes
         n = int(last)
@@ -401,8 +410,11 @@ class S3Server:
         region = self.region
         if body.strip():
             root = s3xml.parse(body)
-            region = s3xml.child_text(root, "LocationConstraint") or self.region
-        self.store.create_bucket(call.bucket, region=region)
+            region = (s3xml.child_text(root, "LocationConstraint") or "").strip() or self.region
+            if not REGION.fullmatch(region):
+                raise S3Error("InvalidLocationConstraint", "The specified location-constraint "
+                              "is not valid", 400, LocationConstraint=region[:64])
+        await asyncio.to_thread(self.store.create_bucket, call.bucket, region=region)
         if call.headers.get("x-amz-acl") == "public-read":
             self.store.set_public_read(call.bucket, True)
         return web.Response(status=200, headers={"Location": f"/{call.bucket}"})
@@ -421,10 +433,7 @@ class S3Server:
         self._authorize(call, public=False)
         info = self.store.bucket(call.bucket)
         region = None if info.region == "us-east-1" else info.region
-        body = document("LocationConstraint", [])
-        if region:
-            body = body.replace(b"/>", f">{region}</LocationConstraint>".encode(), 1)
-        return _xml(body)
+        return _xml(s3xml.text_document("LocationConstraint", region))
 
     async def _versioning(self, call: Call) -> web.Response:
         """Versioning is never enabled: an empty configuration says so."""
@@ -522,8 +531,11 @@ class S3Server:
                 request.headers.get("Transfer-Encoding", "").lower()):
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP "
                           "header.", 411)
-        declared = int(call.headers.get("x-amz-decoded-content-length")
-                       or request.content_length or 0)
+        decoded = call.headers.get("x-amz-decoded-content-length")
+        if decoded is not None and not decoded.strip().isdigit():
+            raise invalid_argument("x-amz-decoded-content-length must be a number of bytes",
+                                   "x-amz-decoded-content-length", decoded[:64])
+        declared = int(decoded or request.content_length or 0)
         if declared > limit:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
                           "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
@@ -632,14 +644,17 @@ class S3Server:
                    **{f"x-amz-meta-{k}": v for k, v in info.metadata.items()}}
         if call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
             headers.update({f"x-amz-checksum-{a}": v for a, v in info.checksums.items()})
-        for param, header in (("response-content-type", "Content-Type"),
-                              ("response-content-disposition", "Content-Disposition"),
-                              ("response-content-encoding", "Content-Encoding"),
-                              ("response-content-language", "Content-Language"),
-                              ("response-cache-control", "Cache-Control"),
-                              ("response-expires", "Expires")):
-            if param in call.query:
-                headers[header] = call.query[param]
+        for param, header in RESPONSE_OVERRIDES:
+            if param not in call.query:
+                continue
+            if call.verified is None:  # as S3: an anonymous reader cannot restyle objects
+                raise S3Error("InvalidRequest", "Request specific response headers cannot be "
+                              "used for anonymous GET requests.", 400)
+            value = call.query[param]
+            if any(c in value for c in "\r\n\0"):
+                raise invalid_argument(f"{param} must not contain line breaks", param)
+            headers[header] = value
+        headers["X-Content-Type-Options"] = "nosniff"
         return headers
 
     async def _delete_object(self, call: Call) -> web.Response:
@@ -750,7 +765,8 @@ class S3Server:
         if "x-amz-copy-source" in call.headers:
             return await self._upload_part_copy(call, upload_id, number)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
-        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer)
+        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer,
+                                       checksums=verifier.checksums)
         headers = {"ETag": quoted(part.etag)}
         headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
         return web.Response(status=200, headers=headers)
@@ -794,7 +810,7 @@ class S3Server:
     async def _complete_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         upload_id = self._upload_of(call).id
-        root = s3xml.parse(await _small_body(call))
+        root = s3xml.parse(await _small_body(call, body_checksums=False))
         if root.tag != "CompleteMultipartUpload":
             raise s3xml.malformed("the root element must be CompleteMultipartUpload")
         parts = []
@@ -949,13 +965,14 @@ def _incomplete(expected: int, got: int) -> S3Error:
                    NumberBytesExpected=str(expected), NumberBytesProvided=str(got))
 
 
-async def _small_body(call: Call) -> bytes:
+async def _small_body(call: Call, *, body_checksums: bool = True) -> bytes:
     """A request body that is XML (or nothing), read whole but bounded, through the
-    same signature checks as any body."""
+    same signature checks as any body (`body_checksums=False` where x-amz-checksum-*
+    headers describe something else: the object a CompleteMultipartUpload makes)."""
     request = call.request
     if request.content_length is not None and request.content_length > MAX_XML_BYTES:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-    verifier = PayloadVerifier(call.verified, call.headers)
+    verifier = PayloadVerifier(call.verified, call.headers, body_checksums=body_checksums)
     body = bytearray()
     try:
         async for chunk in request.content.iter_chunked(CHUNK):

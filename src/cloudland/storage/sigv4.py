@@ -34,6 +34,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import urllib.parse
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -500,6 +501,28 @@ def _check_signature(method: str, raw_path: str, query: str, headers: Mapping[st
 # --------------------------------------------------------------------------- SigV2 query
 
 
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # as SigV4 presigned URLs
+
+
+def _refuse_disguised_names(query: str) -> None:
+    """SigV2 signs the sub-resources by their names as sent; the server acts on decoded
+    names. A percent-encoded name (`uploadI%64`) or a repeated sub-resource would be
+    left out of the signature yet change what the request does, so both are refused."""
+    seen: set[str] = set()
+    for piece in query.split("&"):
+        raw = piece.partition("=")[0]
+        name = urllib.parse.unquote_plus(raw)
+        if name != raw:
+            raise S3Error("InvalidArgument", f"query parameter name '{raw}' is percent-encoded; "
+                          "a presigned (SigV2) URL must send names as they were signed",
+                          400, ArgumentName=raw)
+        if name in V2_SUBRESOURCES:
+            if name in seen:
+                raise S3Error("InvalidArgument", f"The {name} query parameter is repeated.",
+                              400, ArgumentName=name)
+            seen.add(name)
+
+
 def v2_canonical_resource(raw_path: str, query: str, *, plus_is_space: bool = False,
                           virtual_bucket: str | None = None) -> str:
     """SigV2 CanonicalizedResource as botocore's HmacV1Auth builds it: the path as
@@ -551,6 +574,7 @@ def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[
     x-amz-content-sha256 the signer included (a hex sha256, or unsigned aws-chunked
     with trailer); signed aws-chunked streaming needs SigV4 and is refused.
     """
+    _refuse_disguised_names(query)
     values: dict[str, str] = {}
     signed_query: dict[str, list[str]] = {}
     for name, value in params:
@@ -577,6 +601,9 @@ def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[
     credentials = lookup(access_key)
     if credentials is None:
         raise _unknown_key(access_key)
+    if expires - now.timestamp() > MAX_PRESIGN_SECONDS:
+        raise S3Error("AuthorizationQueryParametersError", "Query-string authentication "
+                      "requires an expiry within a week (604800 seconds)", 400)
     if now.timestamp() > expires:
         raise _access_denied("Request has expired", Expires=_fmt_time(
             datetime.fromtimestamp(expires, UTC)), ServerTime=_fmt_time(now))
