@@ -145,4 +145,4 @@ class Storage:
     def health(self) -> dict[str, Any]:
         return {"healthy": True, "url": self.url, "events": {
             "delivered": self.events.delivered, "failed": self.events.failed,
-            "dropped": self.events.dropped}}
+            "dropped": self.events.dropped, "pending": self.events.pending()}}

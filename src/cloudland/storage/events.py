@@ -9,10 +9,11 @@ Every committed change becomes one CloudEvent per matching notification rule:
     time     when the change was committed
     data     the S3 event record (eventVersion, eventName, s3.bucket, s3.object ...)
 
-`S3Events.publish` only queues (the S3 response never waits for delivery); a
-background task delivers to each sink: an HTTP URL in CloudEvents binary mode
-today, the broker when it lands. Delivery retries with back-off, and the queue is
-bounded: when it is full the oldest event is dropped and counted.
+`S3Events.publish` only queues (the S3 response never waits for delivery); one
+background task per sink delivers to it: an HTTP URL in CloudEvents binary mode
+today, the broker when it lands. Delivery retries with back-off; each sink's queue
+is bounded, and when it is full the oldest event is dropped and counted. Events are
+kept in memory: the durable log is the broker's job (a later issue).
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def cloud_event(event_name: str, info: ObjectInfo, record: dict[str, Any],
 
 @dataclass
 class S3Events:
-    """Queues CloudEvents for the sinks of matching rules and delivers them in the background."""
+    """Queues CloudEvents for the sinks of matching rules and delivers them in the
+    background: one queue and one delivery task per sink, so a slow or dead sink
+    holds up only its own events."""
 
     rules: RuleSource
     region: str = "us-east-1"
@@ -116,64 +119,81 @@ class S3Events:
     dropped: int = 0
     delivered: int = 0
     failed: int = 0
-    _queue: asyncio.Queue[tuple[str, CloudEvent]] = field(init=False)
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _queues: dict[str, asyncio.Queue[CloudEvent]] = field(default_factory=dict, init=False)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
     _sequence: itertools.count[int] = field(default_factory=itertools.count, init=False)
 
-    def __post_init__(self) -> None:
-        self._queue = asyncio.Queue(maxsize=self.queue_limit)
-
     def publish(self, kind: str, info: ObjectInfo, *, request_id: str, source_ip: str) -> None:
-        matching = [r for r in self.rules(info.bucket) if r.matches(kind, info.key)]
-        for rule in matching:
-            if rule.uri is None:
+        for rule in self.rules(info.bucket):
+            if rule.uri is None or not rule.matches(kind, info.key):
                 continue  # broker sinks: delivered once the broker lands
             sequencer = f"{next(self._sequence):016X}"
             record = s3_record(kind, info, region=self.region, request_id=request_id,
                                source_ip=source_ip, sequencer=sequencer, rule_id=rule.id)
-            self._put((rule.uri, cloud_event(kind, info, record, self.region)))
+            self._put(rule.uri, cloud_event(kind, info, record, self.region))
 
-    def _put(self, item: tuple[str, CloudEvent]) -> None:
+    def pending(self) -> int:
+        return sum(q.qsize() for q in self._queues.values())
+
+    def _put(self, uri: str, event: CloudEvent) -> None:
+        queue = self._queues.get(uri)
+        if queue is None:
+            queue = self._queues[uri] = asyncio.Queue(maxsize=self.queue_limit)
+            self._tasks[uri] = asyncio.create_task(self._deliver(uri, queue),
+                                                   name=f"s3 events to {uri}")
         while True:
             try:
-                self._queue.put_nowait(item)
+                queue.put_nowait(event)
                 return
             except asyncio.QueueFull:
-                self._queue.get_nowait()
+                queue.get_nowait()
                 self.dropped += 1
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._deliver(), name="s3 events")
+        timeout = aiohttp.ClientTimeout(total=10, sock_connect=2)
+        self._session = aiohttp.ClientSession(timeout=timeout)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _deliver(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                uri, event = await self._queue.get()
-                if await self._send(session, uri, event):
-                    self.delivered += 1
-                else:
-                    self.failed += 1
+    async def _deliver(self, uri: str, queue: asyncio.Queue[CloudEvent]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                ok = await self._send(uri, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end delivery to this sink
+                log.exception("delivering CloudEvent %s to %s failed", event.get_id(), uri)
+                ok = False
+            if ok:
+                self.delivered += 1
+            else:
+                self.failed += 1
 
-    async def _send(self, session: aiohttp.ClientSession, uri: str, event: CloudEvent) -> bool:
+    async def _send(self, uri: str, event: CloudEvent) -> bool:
+        if self._session is None:
+            return False
         message = to_binary_event(event)
         delay, why = FIRST_BACKOFF, ""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with session.post(uri, data=message.body,
-                                        headers=message.headers) as resp:
+                async with self._session.post(uri, data=message.body,
+                                              headers=message.headers) as resp:
                     if resp.status < 300:
                         return True
                     why = f"HTTP {resp.status}"
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
                         break  # the sink refuses it; retrying will not help
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 why = repr(exc)
             if attempt < ATTEMPTS:
                 await asyncio.sleep(delay)

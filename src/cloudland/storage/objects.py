@@ -498,10 +498,11 @@ class ObjectStore:
             except BaseException:
                 _unlink(self.blob_path(info.blob))
                 raise
-            # After COMMIT, still under the lock: open_object never sees a row whose
-            # blob is gone, and a failed commit never loses the old blob.
-            if current is not None and current.blob != info.blob:
-                _unlink(self.blob_path(current.blob))
+        # After COMMIT and outside the lock (unlinking a big file takes a while): no
+        # reader can reach the old blob any more, since open_object reads the row and
+        # opens its blob under the lock, and a failed commit never got here.
+        if current is not None and current.blob != info.blob:
+            _unlink(self.blob_path(current.blob))
         return info
 
     # -- buckets ----------------------------------------------------------------------
@@ -617,14 +618,13 @@ class ObjectStore:
             return info, open(self.blob_path(info.blob), "rb")
 
     def delete(self, bucket: str, key: str) -> ObjectInfo | None:
-        with self._lock:
-            with self._tx() as db:
-                self._require_bucket(db, bucket)
-                info = self._get_object(db, bucket, key)
-                if info is None:
-                    return None
-                db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
-            _unlink(self.blob_path(info.blob))
+        with self._lock, self._tx() as db:
+            self._require_bucket(db, bucket)
+            info = self._get_object(db, bucket, key)
+            if info is None:
+                return None
+            db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        _unlink(self.blob_path(info.blob))  # after COMMIT, outside the lock (see _replace)
         return info
 
     def copy(self, src: ObjectInfo, bucket: str, key: str, *,

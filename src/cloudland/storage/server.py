@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import functools
 import logging
 import re
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -33,6 +35,7 @@ from cloudland.storage.s3xml import Node, document, iso8601
 from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, verify
 
 log = logging.getLogger("cloudland.s3")
+T = TypeVar("T")
 
 MAX_KEY_BYTES = 1024
 MAX_METADATA_BYTES = 2048  # user metadata, names and values, as S3 counts it
@@ -41,6 +44,7 @@ MAX_XML_BYTES = 2 << 20  # DeleteObjects of 1,000 long keys fits
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
 CHUNK = 1 << 20
+THREADS = 8  # the S3 server's own threads for disk work
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
 RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
                       ("response-content-disposition", "Content-Disposition"),
@@ -245,6 +249,14 @@ class S3Server:
         self.region = region
         self.events = events
         self._runner: web.AppRunner | None = None
+        # Disk work (fsyncs, hashing, big reads, multipart joins) gets threads of its own,
+        # so a burst of uploads cannot starve the rest of CloudLand's default executor.
+        self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="s3")
+
+    def _thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """Run blocking storage work on the S3 server's own threads."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     @property
     def url(self) -> str:
@@ -267,6 +279,7 @@ class S3Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ---- the one handler --------------------------------------------------------------
 
@@ -414,14 +427,14 @@ class S3Server:
             if not REGION.fullmatch(region):
                 raise S3Error("InvalidLocationConstraint", "The specified location-constraint "
                               "is not valid", 400, LocationConstraint=region[:64])
-        await asyncio.to_thread(self.store.create_bucket, call.bucket, region=region)
+        await self._thread(self.store.create_bucket, call.bucket, region=region)
         if call.headers.get("x-amz-acl") == "public-read":
             self.store.set_public_read(call.bucket, True)
         return web.Response(status=200, headers={"Location": f"/{call.bucket}"})
 
     async def _delete_bucket(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        await asyncio.to_thread(self.store.delete_bucket, call.bucket)
+        await self._thread(self.store.delete_bucket, call.bucket)
         return web.Response(status=204)
 
     async def _head_bucket(self, call: Call) -> web.Response:
@@ -514,7 +527,7 @@ class S3Server:
         meta = user_metadata(call.headers)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
         # Off the event loop: a commit fsyncs the blob, its directory and SQLite.
-        info = await asyncio.to_thread(
+        info = await self._thread(
             self.store.commit, call.bucket, call.key, writer,
             content_type=call.headers.get("Content-Type") or "binary/octet-stream",
             metadata=meta, headers=stored_headers(call.headers),
@@ -554,7 +567,7 @@ class S3Server:
                         await pending
                     block, buffer = bytes(buffer), bytearray()
                     pending = asyncio.ensure_future(
-                        asyncio.to_thread(_absorb, verifier, writer, block, limit))
+                        self._thread(_absorb, verifier, writer, block, limit))
             if pending is not None:
                 await pending
                 pending = None
@@ -578,7 +591,7 @@ class S3Server:
         _check_version(call.query)
         # Look up and open in one step: a PUT replacing the key meanwhile cannot make
         # the blob vanish between the two (an open file stays readable).
-        info, blob = await asyncio.to_thread(self.store.open_object, call.bucket, call.key)
+        info, blob = await self._thread(self.store.open_object, call.bucket, call.key)
         try:
             return await self._send_object(call, info, blob)
         finally:
@@ -618,7 +631,7 @@ class S3Server:
         blob.seek(start)
         remaining = length
         while remaining > 0:
-            data = await asyncio.to_thread(blob.read, min(CHUNK, remaining)) \
+            data = await self._thread(blob.read, min(CHUNK, remaining)) \
                 if remaining > SMALL_READ else blob.read(remaining)
             if not data:
                 break
@@ -660,7 +673,7 @@ class S3Server:
     async def _delete_object(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         _check_version(call.query)
-        gone = await asyncio.to_thread(self.store.delete, call.bucket, call.key)
+        gone = await self._thread(self.store.delete, call.bucket, call.key)
         if gone is not None:
             self._publish("ObjectRemoved:Delete", gone, call)
         return web.Response(status=204)
@@ -676,7 +689,7 @@ class S3Server:
             raise s3xml.malformed(f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
         quiet = (s3xml.child_text(root, "Quiet") or "").strip().lower() == "true"
         keys = [s3xml.child_text(obj, "Key") or "" for obj in objects]
-        outcomes = await asyncio.to_thread(self._delete_each, call.bucket, keys)
+        outcomes = await self._thread(self._delete_each, call.bucket, keys)
         nodes: list[Node] = []
         for key, outcome in zip(keys, outcomes, strict=True):
             if isinstance(outcome, S3Error):
@@ -714,7 +727,7 @@ class S3Server:
                           "storage class, website redirect location or encryption attributes.",
                           400)
         replace = directive == "REPLACE"
-        info = await asyncio.to_thread(
+        info = await self._thread(
             self.store.copy, source, call.bucket, call.key,
             content_type=(call.headers.get("Content-Type") or "binary/octet-stream")
             if replace else None,
@@ -765,7 +778,7 @@ class S3Server:
         if "x-amz-copy-source" in call.headers:
             return await self._upload_part_copy(call, upload_id, number)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
-        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer,
+        part = await self._thread(self.store.put_part, upload_id, number, writer,
                                        checksums=verifier.checksums)
         headers = {"ETag": quoted(part.etag)}
         headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
@@ -788,12 +801,12 @@ class S3Server:
             start, end = int(match.group(1)), int(match.group(2))
         writer = self.store.writer()
         try:
-            blob = await asyncio.to_thread(self.store.open_blob, source)
+            blob = await self._thread(self.store.open_blob, source)
             try:
                 blob.seek(start)
                 remaining = end - start + 1
                 while remaining > 0:
-                    data = await asyncio.to_thread(blob.read, min(CHUNK, remaining))
+                    data = await self._thread(blob.read, min(CHUNK, remaining))
                     if not data:
                         break
                     writer.write(data)
@@ -803,7 +816,7 @@ class S3Server:
         except BaseException:
             writer.abort()
             raise
-        part = await asyncio.to_thread(self.store.put_part, upload_id, number, writer)
+        part = await self._thread(self.store.put_part, upload_id, number, writer)
         return _xml(document("CopyPartResult", [
             ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag))]))
 
@@ -820,7 +833,7 @@ class S3Server:
             parts.append((number, unquote_etag(s3xml.child_text(part, "ETag") or "")))
         if not parts:
             raise s3xml.malformed("a CompleteMultipartUpload names at least one part")
-        info = await asyncio.to_thread(self.store.complete_upload, upload_id, parts,
+        info = await self._thread(self.store.complete_upload, upload_id, parts,
                                        check=write_check(call.headers))
         self._publish("ObjectCreated:CompleteMultipartUpload", info, call)
         return _xml(document("CompleteMultipartUploadResult", [
