@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -205,15 +206,14 @@ def test_start_failure_names_the_log(tmp_path: Path, upstreams: dict[str, Upstre
         assert "exited" in str(err.value) and "chatty" in str(err.value)
         assert envoy.health()["running"] is False
         assert envoy_pids_for(tmp_path / "bad") == []
-        # Its admin port taken by another Envoy: noticed, not mistaken for our own.
+        # The admin interface is a Unix socket only its owner may use, not a TCP port.
         first = ManagedEnvoy(tmp_path / "first")
         await first.start(snapshot_to("blue", upstreams, free_port()))
         try:
-            second = ManagedEnvoy(tmp_path / "second", admin_port=first.admin_port)
-            with pytest.raises(EnvoyError, match=f"admin port {first.admin_port}"):
-                await second.start(snapshot_to("blue", upstreams, free_port()))
-            assert envoy_pids_for(tmp_path / "second") == []
-            assert first.health()["running"]
+            socket_path = Path(first.health()["admin"])
+            assert stat.S_ISSOCK(socket_path.stat().st_mode)
+            assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+            assert "server.live: 1" in first.admin_get("/stats", {"filter": "^server.live$"})
         finally:
             await first.stop()
         # An inconsistent snapshot never gets as far as starting Envoy.

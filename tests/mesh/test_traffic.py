@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 
 from cloudland.mesh import Snapshot, render
@@ -136,11 +135,9 @@ class Mesh:
         self.eventually(warm, "all clusters warm")
 
     def stats(self, pattern: str) -> dict[str, int]:
-        resp = httpx.get(f"{self.envoy.admin_url}/stats", params={"filter": pattern},
-                         trust_env=False, timeout=2.0)
-        resp.raise_for_status()
+        text = self.envoy.admin_get("/stats", {"filter": pattern})
         out: dict[str, int] = {}
-        for line in resp.text.splitlines():
+        for line in text.splitlines():
             name, _, value = line.partition(": ")
             if value.strip().lstrip("-").isdigit():
                 out[name] = int(value)

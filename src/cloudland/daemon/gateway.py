@@ -238,7 +238,6 @@ class Gateway:
             tls = (self.certificates.ready(identities)
                    or await asyncio.to_thread(self.certificates.keep, identities))
         return render(routes, services, gateway_port=self.port,
-                      admin_port=self.envoy.admin_port,
                       access_log=str(self.access_log) if self.access_log else None,
                       tls=tls, otlp_endpoint=self.otlp_endpoint)
 

@@ -6,7 +6,9 @@
     run_dir/xds/rds/*.json       one route configuration per file
     run_dir/xds/eds/*.json       one cluster's endpoints per file
     run_dir/xds/sds/*.json       certificates (written by the CA side, not here)
-    run_dir/bootstrap.json       points Envoy at them, admin on 127.0.0.1 only
+    run_dir/bootstrap.json       points Envoy at them
+    run_dir/admin.sock           Envoy's admin interface: a Unix socket, mode 0600, so
+                                 no other local user or process can stop or drain it
     run_dir/envoy.log            Envoy's stdout and stderr
 
 Envoy runs with `run_dir` as its working directory; the config's paths are relative.
@@ -35,6 +37,7 @@ import re
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,6 +49,9 @@ from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atom
 
 BOOTSTRAP_FILE = "bootstrap.json"
 LOG_FILE = "envoy.log"
+ADMIN_BASE = "http://envoy"  # the host part of admin URLs (the socket decides where)
+ADMIN_SOCKET = "admin.sock"
+MAX_SOCKET_PATH = 100  # bytes: Unix socket paths must fit in sun_path (108)
 READY_POLL = 0.005  # seconds between looks at a starting Envoy
 REJECTED = "Envoy rejected it: "  # how a refused config's error starts
 BASE_ID_FILE = "base-id"
@@ -76,6 +82,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def admin_socket_path(run_dir: Path) -> Path:
+    """Where Envoy's admin socket goes: in the run directory, or, when that path is too
+    long for a Unix socket, in a private (0700) temporary directory."""
+    path = run_dir / ADMIN_SOCKET
+    if len(str(path).encode()) <= MAX_SOCKET_PATH:
+        return path
+    return Path(tempfile.mkdtemp(prefix="cloudland-envoy-")) / ADMIN_SOCKET
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     """The last `lines` lines of a log file ('' if it does not exist)."""
     try:
@@ -91,7 +106,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
 class ManagedEnvoy:
     """One supervised Envoy fed by file-based xDS from `run_dir`."""
 
-    def __init__(self, run_dir: Path, *, admin_port: int = 0, binary: str | None = None,
+    def __init__(self, run_dir: Path, *, binary: str | None = None,
                  concurrency: int = 1, log_level: str = "info",
                  drain_strategy: str = "immediate", drain_time: float | None = None,
                  ready_timeout: float = 15.0, apply_timeout: float = 2.0,
@@ -101,7 +116,7 @@ class ManagedEnvoy:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.log_path = self.run_dir / LOG_FILE
-        self.admin_port = admin_port or free_port()
+        self.admin_socket = admin_socket_path(self.run_dir)
         self.binary = binary
         self.concurrency = concurrency
         self.log_level = log_level
@@ -131,9 +146,13 @@ class ManagedEnvoy:
 
     # ---- public -------------------------------------------------------------------
 
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+    def admin_get(self, path: str, params: dict[str, str] | None = None) -> str:
+        """GET an admin path (blocking; for tests and tools): Envoy's answer as text."""
+        transport = httpx.HTTPTransport(uds=str(self.admin_socket))
+        with httpx.Client(transport=transport, base_url=ADMIN_BASE, timeout=5) as client:
+            resp = client.get(path, params=params)
+            resp.raise_for_status()
+            return resp.text
 
     @property
     def pid(self) -> int | None:
@@ -161,9 +180,11 @@ class ManagedEnvoy:
         snapshot.to_files(self.run_dir)
         snapshot.remove_stale_files(self.run_dir)
         write_atomic(self.run_dir / BOOTSTRAP_FILE,
-                     json.dumps(Snapshot.bootstrap(self.admin_port), indent=1))
+                     json.dumps(Snapshot.bootstrap(str(self.admin_socket)), indent=1))
         self._stopping = False
-        self._client = httpx.AsyncClient(base_url=self.admin_url, trust_env=False, timeout=2.0)
+        self._client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket)),
+            base_url=ADMIN_BASE, trust_env=False, timeout=2.0)
         try:
             await self._spawn()
             await self._wait_ready()
@@ -210,7 +231,7 @@ class ManagedEnvoy:
     def health(self) -> dict[str, Any]:
         return {"running": self.pid is not None, "pid": self.pid, "restarts": self.restarts,
                 "version": self.version, "last_error": self.last_error,
-                "last_exit": self.last_exit, "admin": self.admin_url,
+                "last_exit": self.last_exit, "admin": str(self.admin_socket),
                 "envoy": self.envoy_version,
                 "uptime": round(self._clock() - self._started_at, 3) if self.pid else None}
 
@@ -265,15 +286,14 @@ class ManagedEnvoy:
                 raise EnvoyError(f"Envoy exited with {proc.returncode} while starting; "
                                  f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")
             try:
-                # /server_info, not just /ready: the state (LIVE) and whose admin this is.
-                # Envoy binds its admin with SO_REUSEPORT, so if the port was taken in the
-                # meantime another Envoy may answer; the config path tells them apart.
+                # /server_info, not just /ready: the state (LIVE) and whose admin this is
+                # (the config path tells a stray Envoy on the same socket from ours).
                 resp = await client.get("/server_info")
                 info = resp.json() if resp.status_code == 200 else {}
                 options = info.get("command_line_options") or {}
                 if options.get("config_path") not in (None, bootstrap):
                     raise EnvoyError(
-                        f"admin port {self.admin_port} is answered by another Envoy "
+                        f"admin socket {self.admin_socket} is answered by another Envoy "
                         f"({options.get('config_path')}); last lines of {self.log_path}:\n"
                         f"{log_tail(self.log_path)}")
                 if info.get("state") == "LIVE":

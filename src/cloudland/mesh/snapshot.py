@@ -242,13 +242,15 @@ class Snapshot:
                     path.unlink(missing_ok=True)
 
     @staticmethod
-    def bootstrap(admin_port: int) -> Json:
-        """Envoy's bootstrap: LDS/CDS from files under its working directory, admin on
-        loopback only."""
+    def bootstrap(admin: int | str) -> Json:
+        """Envoy's bootstrap: LDS/CDS from files under its working directory; the admin
+        interface on a Unix socket only its owner can use (`admin` a path), or on a
+        loopback port (`admin` a number, for tools and tests)."""
+        address: Json = ({"pipe": {"path": admin, "mode": 0o600}} if isinstance(admin, str)
+                         else {"socket_address": {"address": "127.0.0.1", "port_value": admin}})
         return {
             "node": {"id": NODE_ID, "cluster": NODE_ID},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                     "port_value": admin_port}}},
+            "admin": {"address": address},
             "dynamic_resources": {"lds_config": config_source(f"{XDS_DIR}/{LDS_FILE}"),
                                   "cds_config": config_source(f"{XDS_DIR}/{CDS_FILE}")},
             # Latency histograms reach /stats at each flush (Envoy's default is 5 s).
