@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -15,24 +14,16 @@ import pytest
 from botocore.config import Config
 from multidict import CIMultiDict
 
-from cloudland.storage.errors import S3Error
 from cloudland.storage.sigv4 import (
     V2_SUBRESOURCES,
-    Credentials,
     PayloadVerifier,
     Verified,
     v2_canonical_resource,
     verify,
 )
+from tests.storage.test_sigv4 import AK, SK, expect_error, lookup
 
-AK = "AKIDEXAMPLE"
-SK = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-KEYS = {AK: Credentials(AK, SK)}
 ENDPOINT = "http://127.0.0.1:9"
-
-
-def lookup(access_key: str) -> Credentials | None:
-    return KEYS.get(access_key)
 
 
 def client(endpoint: str = ENDPOINT, **config: Any) -> Any:
@@ -73,13 +64,6 @@ def presign(operation: str, method: str, expires: int = 3600, *,
     wire = Url(method, url, headers)
     assert "AWSAccessKeyId=" in wire.query and "X-Amz-" not in wire.query, url
     return wire
-
-
-def expect_error(code: str, status: int, fn: Callable[[], object]) -> S3Error:
-    with pytest.raises(S3Error) as info:
-        fn()
-    assert (info.value.code, info.value.status) == (code, status), info.value.message
-    return info.value
 
 
 KEYS_TO_TRY = ["plain.txt", "with space/and more spaces", "ünïcødé/日本語.bin", "a+b=c~d",

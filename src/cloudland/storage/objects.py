@@ -324,6 +324,19 @@ def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _prefix_range(column: str, prefix: str) -> tuple[str, list[Any]]:
+    """SQL (and its arguments) keeping the rows whose `column` starts with `prefix`,
+    as an indexed range: prefix <= column < prefix_end(prefix)."""
+    if not prefix:
+        return "", []
+    sql, args = f" AND {column} >= ?", [prefix]
+    end = prefix_end(prefix)
+    if end is not None:
+        sql += f" AND {column} < ?"
+        args.append(end)
+    return sql, args
+
+
 def prefix_end(prefix: str) -> str | None:
     """The smallest string greater than every string starting with `prefix`.
 
@@ -482,6 +495,18 @@ class ObjectStore:
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
              _dumps(info.checksums), _dumps(info.parts), info.blob))
 
+    def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], None]) -> None:
+        """`precheck`, then fsync the writer's file and move it into blobs/; on any
+        error the writer's bytes are discarded."""
+        try:
+            precheck()
+            writer._finish(self.sync)
+            self._install(writer.path, writer.id)
+            writer._detach()
+        except BaseException:
+            writer.abort()
+            raise
+
     def _replace(self, info: ObjectInfo, check: Check | None) -> ObjectInfo:
         """Check and write `info`'s row in one transaction; unlink the replaced blob.
 
@@ -541,13 +566,9 @@ class ObjectStore:
             return [], False
         sql = "SELECT name, created, region, public_read FROM buckets WHERE name > ?"
         args: list[Any] = [start_after]
-        if prefix:
-            sql += " AND name >= ?"
-            args.append(prefix)
-            end = prefix_end(prefix)
-            if end is not None:
-                sql += " AND name < ?"
-                args.append(end)
+        within, bounds = _prefix_range("name", prefix)
+        sql += within
+        args += bounds
         sql += " ORDER BY name LIMIT ?"
         args.append(max_buckets + 1)
         with self._lock:
@@ -578,14 +599,7 @@ class ObjectStore:
         given (the server verified them); when None, those the writer computed are kept.
         On any error the writer's bytes are discarded.
         """
-        try:
-            _check_key(key)
-            writer._finish(self.sync)
-            self._install(writer.path, writer.id)
-            writer._detach()
-        except BaseException:
-            writer.abort()
-            raise
+        self._keep_blob(writer, lambda: _check_key(key))
         info = ObjectInfo(
             bucket=bucket, key=key, size=writer.size, etag=writer.md5_hex(),
             last_modified=time.time(), content_type=content_type,
@@ -760,18 +774,14 @@ class ObjectStore:
     def put_part(self, upload_id: str, number: int, writer: BlobWriter, *,
                  checksums: dict[str, str] | None = None) -> PartInfo:
         """Store `writer`'s bytes as part `number` (1..10000), replacing an earlier one."""
-        try:
+        def precheck() -> None:
             if not 1 <= number <= MAX_PART_NUMBER:
                 raise invalid_argument(f"Part number must be an integer between 1 and "
                                        f"{MAX_PART_NUMBER}, inclusive", "partNumber",
                                        str(number))
             self.upload(upload_id)  # fail early, before the fsync
-            writer._finish(self.sync)
-            self._install(writer.path, writer.id)
-            writer._detach()
-        except BaseException:
-            writer.abort()
-            raise
+
+        self._keep_blob(writer, precheck)
         part = PartInfo(number=number, etag=writer.md5_hex(), size=writer.size,
                         last_modified=time.time(),
                         checksums=dict(checksums) if checksums is not None
@@ -907,13 +917,9 @@ class ObjectStore:
                 where, args = "key > ?", [key_marker]
             sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE bucket = ? AND {where}"
             args.insert(0, bucket)
-            if prefix:
-                sql += " AND key >= ?"
-                args.append(prefix)
-                end = prefix_end(prefix)
-                if end is not None:
-                    sql += " AND key < ?"
-                    args.append(end)
+            within, bounds = _prefix_range("key", prefix)
+            sql += within
+            args += bounds
             sql += " ORDER BY key, seq LIMIT ?"
             args.append(max_uploads + 1)
             rows = self._db.execute(sql, args).fetchall()
