@@ -201,7 +201,7 @@ def test_start_failure_names_the_log(tmp_path: Path, upstreams: dict[str, Upstre
     async def scenario() -> None:
         # Envoy refuses its command line (an unknown log level), exits, and says why.
         envoy = ManagedEnvoy(tmp_path / "bad", log_level="chatty")
-        with pytest.raises(EnvoyError, match=r"envoy\.log") as err:
+        with pytest.raises(EnvoyError, match=r"stderr\.log") as err:
             await envoy.start(snapshot_to("blue", upstreams, free_port()))
         assert "exited" in str(err.value) and "chatty" in str(err.value)
         assert envoy.health()["running"] is False

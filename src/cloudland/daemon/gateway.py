@@ -137,6 +137,7 @@ class Gateway:
         await self.envoy.start(await self._render())
         if self.access_log is not None:
             self.rotator.register(self.access_log.parent)
+        self.rotator.register(self.envoy.run_dir)  # Envoy's own log
         # A restarted Envoy comes back on its last good config: render the store again.
         self.envoy.on_restart = self._dirty.set
         self._task = asyncio.create_task(self._follow(), name="gateway")
@@ -225,7 +226,8 @@ class Gateway:
             await asyncio.sleep(ROTATION_CHECK)
             assert self.certificates is not None
             services, _ = self.service.list("Service")
-            await asyncio.to_thread(self.certificates.keep, mesh_identities(services))
+            await asyncio.to_thread(self.certificates.keep, mesh_identities(services),
+                                    prune=True)
 
     async def _render(self) -> Snapshot:
         routes, _ = self.service.list("Route")
@@ -262,12 +264,27 @@ class Certificates:
         identities, and rotation on its schedule, go through `keep`)."""
         return self.error is None and set(identities) <= self._kept
 
-    def keep(self, identities: list[tuple[str, str]]) -> bool:
+    def keep(self, identities: list[tuple[str, str]], *, prune: bool = False) -> bool:
         """True when every identity has a valid certificate on disk (blocking: key
         generation and file writes; run it in a thread). Serialized, so a rotation and
-        a render never write the same identity's files at once."""
+        a render never write the same identity's files at once. With `prune` (the
+        periodic check), the files of identities no longer wanted are removed."""
         with self._lock:
-            return self._keep(identities)
+            kept = self._keep(identities)
+            if kept and prune:
+                self._prune(identities)
+            return kept
+
+    def _prune(self, identities: list[tuple[str, str]]) -> None:
+        wanted = {f"{name}.{namespace}" for namespace, name in identities}
+        for document in self.sds_dir.glob("*.sds.json"):
+            stem = document.name.removesuffix(".sds.json")
+            if "." not in stem or stem in wanted:
+                continue  # the CA's own document, or a workload still in the mesh
+            for path in self.sds_dir.glob(f"{stem}.*"):
+                path.unlink(missing_ok=True)
+            name, namespace = stem.split(".", 1)
+            self._kept.discard((namespace, name))
 
     def _keep(self, identities: list[tuple[str, str]]) -> bool:
         try:

@@ -9,7 +9,7 @@
     run_dir/bootstrap.json       points Envoy at them
     run_dir/admin.sock           Envoy's admin interface: a Unix socket, mode 0600, so
                                  no other local user or process can stop or drain it
-    run_dir/envoy.log            Envoy's stdout and stderr
+    run_dir/stderr.log           Envoy's stdout and stderr (rotated by the gateway)
 
 Envoy runs with `run_dir` as its working directory; the config's paths are relative.
 `apply` rewrites only the documents whose content changed, by atomic rename, and
@@ -48,7 +48,7 @@ import httpx
 from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atomic
 
 BOOTSTRAP_FILE = "bootstrap.json"
-LOG_FILE = "envoy.log"
+LOG_FILE = "stderr.log"  # named like an instance's log, so the same rotator bounds it
 ADMIN_BASE = "http://envoy"  # the host part of admin URLs (the socket decides where)
 ADMIN_SOCKET = "admin.sock"
 MAX_SOCKET_PATH = 100  # bytes: Unix socket paths must fit in sun_path (108)
