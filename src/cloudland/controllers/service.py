@@ -131,6 +131,10 @@ class ServiceReconciler:
             await self._forget_old_templates(state, sup, thash if spec.get("python") else None)
         status = self._status(ctx, obj, state, thash, history, revision, generation, problems)
         self._mesh_addresses(spec, state, status)
+        if waiting and not problems:
+            ctx.set_condition(status, "Progressing", "True", "WaitingForServiceAddresses",
+                              f"instances start once {', '.join(sorted(waiting))} "
+                              "have mesh addresses", generation)
         ctx.write_status(obj, status)
         waits = [i.not_before - ctx.clock.monotonic() for i in state.instances.values()
                  if i.phase in ("CrashLoopBackOff", "Exited")]
