@@ -136,3 +136,12 @@ def test_routes_report_backends_and_serve_metrics(cloudland: Running, tmp_path: 
     assert {"svc_default_hello", "svc_default_later"} <= per_service
     kinds = {s.labels["kind"]: s.value for s in found["cloudland_resources"].samples}
     assert kinds["Route"] == 1 and kinds["Service"] == 2
+
+
+def test_a_route_renamed_in_a_pruning_apply_does_not_conflict_with_its_old_self(
+        cloudland: Running) -> None:
+    with Client(cloudland.api) as client:
+        client.apply([route("old-name", SHOP)], stack="shop")
+        client.apply([route("new-name", SHOP)], stack="shop", prune=True)
+        names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
+    assert names == {"new-name"}

@@ -183,13 +183,17 @@ class ResourceService:
         objs = self._validate_all(docs, stack)
         results: builtins.list[ApplyResult] = []
         with self.store.transaction():
-            for obj in objs:
-                results.append(self._apply_one(obj, dry_run))
+            # Prune first: admission then judges the documents against what the stack
+            # will hold (a Route renamed in the same apply does not conflict with its
+            # old self). Results list the applied documents first, as given.
+            pruned: builtins.list[ApplyResult] = []
             if stack and prune:
                 keep = {_key(o) for o in objs}
-                for old in self._stack_objects(stack):
-                    if _key(old) not in keep:
-                        results.append(self._delete_result(old, dry_run))
+                pruned = [self._delete_result(old, dry_run)
+                          for old in self._stack_objects(stack) if _key(old) not in keep]
+            for obj in objs:
+                results.append(self._apply_one(obj, dry_run))
+            results += pruned
         return results
 
     def stack_orphans(self, docs: builtins.list[Any], stack: str) -> builtins.list[Object]:
