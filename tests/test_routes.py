@@ -145,3 +145,17 @@ def test_a_route_renamed_in_a_pruning_apply_does_not_conflict_with_its_old_self(
         client.apply([route("new-name", SHOP)], stack="shop", prune=True)
         names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
     assert names == {"new-name"}
+
+
+def test_plan_sees_a_conflict_inside_one_batch(cloudland: Running, tmp_path: Path) -> None:
+    files = tmp_path / "twins"
+    files.mkdir()
+    spec = {"hosts": ["twins.localhost"], "rules": [{"backends": [{"name": "hello"}]}]}
+    (files / "a.yaml").write_text(yaml.safe_dump(route("twin-a", spec)))
+    (files / "b.yaml").write_text(yaml.safe_dump(route("twin-b", spec)))
+    planned = cloudland.cli("plan", "-f", str(files))
+    assert planned.exit_code == 1
+    assert "default/twin-a" in planned.output and "default/twin-b" in planned.output
+    with Client(cloudland.api) as client:  # and the plan left nothing behind
+        names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
+    assert not names & {"twin-a", "twin-b"}

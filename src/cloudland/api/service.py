@@ -8,9 +8,11 @@ issues) see every create and update before it is written.
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -177,19 +179,20 @@ class ResourceService:
 
         Every document is validated before any is written; with `prune`, objects
         labelled with `stack` that are not in `docs` are deleted.  With
-        `dry_run` nothing is written and results carry before/after objects, so
+        `dry_run` nothing stays written (the writes happen, so admission sees the
+        whole batch, and are rolled back) and results carry before/after objects, so
         `plan` can show the exact diff including server-side defaults.
         """
         objs = self._validate_all(docs, stack)
         results: builtins.list[ApplyResult] = []
-        with self.store.transaction():
-            # Prune first: admission then judges the documents against what the stack
-            # will hold (a Route renamed in the same apply does not conflict with its
-            # old self). Results list the applied documents first, as given.
+        with self._writes(dry_run):
+            # Prune first: admission then judges the documents against what the
+            # stack will hold (a Route renamed in the same apply does not conflict
+            # with its old self). Results list the applied documents first.
             pruned: builtins.list[ApplyResult] = []
             if stack and prune:
                 keep = {_key(o) for o in objs}
-                pruned = [self._delete_result(old, dry_run)
+                pruned = [self._delete_result(old)
                           for old in self._stack_objects(stack) if _key(old) not in keep]
             for obj in objs:
                 results.append(self._apply_one(obj, dry_run))
@@ -206,7 +209,7 @@ class ResourceService:
         """Delete the named objects and everything labelled with `stack`."""
         results: builtins.list[ApplyResult] = []
         seen: set[tuple[str, str, str]] = set()
-        with self.store.transaction():
+        with self._writes(dry_run):
             targets = [self.store.get(*ref) for ref in refs]
             if stack:
                 targets += self._stack_objects(stack)
@@ -214,8 +217,21 @@ class ResourceService:
                 if obj is None or _key(obj) in seen:
                     continue
                 seen.add(_key(obj))
-                results.append(self._delete_result(obj, dry_run))
+                results.append(self._delete_result(obj))
         return results
+
+    @contextmanager
+    def _writes(self, dry_run: bool) -> Iterator[None]:
+        """One transaction for a batch; a dry run's is rolled back at the end, so its
+        writes happen (admission sees the whole batch, as in the real apply) and stay
+        invisible."""
+        try:
+            with self.store.transaction():
+                yield
+                if dry_run:
+                    raise _DryRun
+        except _DryRun:
+            pass
 
     def _apply_one(self, obj: Object, dry_run: bool) -> ApplyResult:
         kind, ns, name = _key(obj)
@@ -223,8 +239,8 @@ class ResourceService:
         old = self.store.get(kind, ns, name)
         if old is None:
             self._admit("CREATE", obj, None)
-            after = obj if dry_run else self.store.create(obj)
-            return ApplyResult(kind, ns, name, "created", None, after)
+            created = self.store.create(copy.deepcopy(obj) if dry_run else obj)
+            return ApplyResult(kind, ns, name, "created", None, obj if dry_run else created)
         # Apply owns intent, labels and annotations; finalizers and status stay
         # with the controllers that set them.
         obj["metadata"]["finalizers"] = old["metadata"].get("finalizers", [])
@@ -235,6 +251,8 @@ class ResourceService:
         drift = recorded is not None and recorded != intent_hash(old)
         if dry_run:
             changed = _intent(old) != _intent(obj)
+            if changed:  # written and rolled back: admission of later documents sees it
+                self.store.update(copy.deepcopy(obj))
             return ApplyResult(kind, ns, name, "configured" if changed else "unchanged",
                                old, obj, drift)
         if _intent(old) == _intent(obj):
@@ -244,10 +262,9 @@ class ResourceService:
         new = self.store.update(obj)
         return ApplyResult(kind, ns, name, "configured", old, new, drift)
 
-    def _delete_result(self, obj: Object, dry_run: bool) -> ApplyResult:
+    def _delete_result(self, obj: Object) -> ApplyResult:
         kind, ns, name = _key(obj)
-        if not dry_run:
-            self.store.delete(kind, ns, name)
+        self.store.delete(kind, ns, name)  # inside `_writes`: rolled back in a dry run
         return ApplyResult(kind, ns, name, "deleted", obj, None)
 
     def _stack_objects(self, stack: str) -> builtins.list[Object]:
@@ -318,6 +335,10 @@ class ResourceService:
     def _admit(self, operation: str, obj: Object, old: Object | None) -> None:
         for hook in self.admission:
             hook(operation, obj, old)
+
+
+class _DryRun(Exception):
+    """Raised inside a dry run's transaction to roll back everything it wrote."""
 
 
 def _key(obj: Object) -> tuple[str, str, str]:
