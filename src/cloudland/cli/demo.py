@@ -71,10 +71,13 @@ def demo(
         if endpoints:
             console.print(f"  {svc['metadata']['name']:<12} http://{endpoints[0]}/"
                           f"  ({len(endpoints)} ready)")
-    gateway = (where.read_state() or {}).get("gateway")
-    if gateway:
+    state = where.read_state() or {}
+    if state.get("gateway"):
         console.print(f"\nThrough the gateway (Envoy): [bold]curl -H 'Host: park.localhost' "
-                      f"{gateway}/[/]")
+                      f"{state['gateway']}/[/]")
+    if state.get("s3"):
+        console.print(f"S3 object storage: [bold]{state['s3']}[/] "
+                      "(an access key: cloudland keys create)")
     flag = "" if where.root == Home.resolve().root else f" --home {where.root}"
     console.print("\nLook around:")
     for command in ("status", "get services -o wide", "logs wait-times", "describe route gate",
