@@ -99,3 +99,31 @@ def test_review_fixes_hold(s3_cloudland: Running, s3: Any) -> None:
         s3.create_bucket(Bucket="odd-region",
                          CreateBucketConfiguration={"LocationConstraint": "a&b"})
     assert code(err) == ("InvalidLocationConstraint", 400)
+
+
+def test_a_default_boto3_presigned_put_carries_its_type_and_metadata(
+        s3_cloudland: Running, s3: Any, access_key: tuple[str, str]) -> None:
+    import http.client
+    import urllib.parse
+    import urllib.request
+
+    import boto3
+
+    s3.create_bucket(Bucket="presigned")
+    default = boto3.client("s3", endpoint_url=str(s3_cloudland.state["s3"]),
+                           region_name="us-east-1", aws_access_key_id=access_key[0],
+                           aws_secret_access_key=access_key[1])  # presigns with SigV2
+    url = default.generate_presigned_url("put_object", Params={
+        "Bucket": "presigned", "Key": "note.txt", "ContentType": "text/plain",
+        "Metadata": {"author": "ann"}}, ExpiresIn=300)
+    assert "AWSAccessKeyId=" in url
+    where = urllib.parse.urlsplit(url)  # a bare client, like curl -T: the URL says it all
+    conn = http.client.HTTPConnection(where.netloc, timeout=5)
+    conn.request("PUT", f"{where.path}?{where.query}", body=b"hello")
+    assert conn.getresponse().status == 200
+    conn.close()
+    head = s3.head_object(Bucket="presigned", Key="note.txt")
+    assert head["ContentType"] == "text/plain" and head["Metadata"] == {"author": "ann"}
+    get = default.generate_presigned_url("get_object", Params={
+        "Bucket": "presigned", "Key": "note.txt"}, ExpiresIn=300)
+    assert urllib.request.urlopen(get, timeout=5).read() == b"hello"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from cloudland.storage import s3xml
 from cloudland.storage.errors import S3Error, invalid_argument, no_such_upload, precondition_failed
@@ -208,6 +209,20 @@ def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
         else:
             del kept["content-encoding"]
     return kept
+
+
+def signed_headers(call: Call) -> CIMultiDict[str]:
+    """The headers that describe the object: as sent, plus — for a SigV2 presigned URL —
+    the Content-Type and x-amz-* values botocore signed into its query (a client using
+    such a URL sends only the body)."""
+    headers: CIMultiDict[str] = CIMultiDict(call.headers)
+    if call.verified is None or call.verified.signature_version != 2:
+        return headers
+    for name, value in call.query.items():
+        lowered = name.lower()
+        if (lowered == "content-type" or lowered.startswith("x-amz-")) and lowered not in headers:
+            headers[lowered] = value
+    return headers
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -470,8 +485,9 @@ class S3Server:
             after = _token(token) if token is not None else q.get("start-after", "")
         else:
             after = q.get("marker", "")
-        page = self.store.list_objects(call.bucket, prefix=prefix, delimiter=delimiter,
-                                       start_after=after, max_keys=min(limit, 1000))
+        page = await self._thread(self.store.list_objects, call.bucket, prefix=prefix,
+                                  delimiter=delimiter, start_after=after,
+                                  max_keys=min(limit, 1000))
         owner = v2 is False or q.get("fetch-owner") == "true"
         nodes: list[Node] = [("Name", call.bucket), ("Prefix", encode(prefix))]
         if v2:
@@ -498,9 +514,9 @@ class S3Server:
         encode = _encoder(q)
         limit = _int_arg(q, "max-keys", 1000, 0, None)
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        page = self.store.list_objects(call.bucket, prefix=prefix, delimiter=delimiter,
-                                       start_after=q.get("key-marker", ""),
-                                       max_keys=min(limit, 1000))
+        page = await self._thread(self.store.list_objects, call.bucket, prefix=prefix,
+                                  delimiter=delimiter, start_after=q.get("key-marker", ""),
+                                  max_keys=min(limit, 1000))
         nodes: list[Node] = [
             ("Name", call.bucket), ("Prefix", encode(prefix)),
             ("KeyMarker", encode(q.get("key-marker", ""))),
@@ -524,13 +540,14 @@ class S3Server:
         self._authorize(call, public=False)
         check_key(call.key)
         self.store.bucket(call.bucket)  # NoSuchBucket before reading a body
-        meta = user_metadata(call.headers)
+        described = signed_headers(call)
+        meta = user_metadata(described)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
         # Off the event loop: a commit fsyncs the blob, its directory and SQLite.
         info = await self._thread(
             self.store.commit, call.bucket, call.key, writer,
-            content_type=call.headers.get("Content-Type") or "binary/octet-stream",
-            metadata=meta, headers=stored_headers(call.headers),
+            content_type=described.get("content-type") or "binary/octet-stream",
+            metadata=meta, headers=stored_headers(described),
             checksums=verifier.checksums, check=write_check(call.headers))
         self._publish("ObjectCreated:Put", info, call)
         headers = {"ETag": quoted(info.etag)}
@@ -842,7 +859,7 @@ class S3Server:
 
     async def _abort_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        self.store.abort_upload(self._upload_of(call).id)
+        await self._thread(self.store.abort_upload, self._upload_of(call).id)
         return web.Response(status=204)
 
     async def _list_uploads(self, call: Call) -> web.Response:
@@ -850,7 +867,8 @@ class S3Server:
         q = call.query
         self.store.bucket(call.bucket)
         limit = _int_arg(q, "max-uploads", 1000, 0, 1000)
-        uploads, truncated = self.store.list_uploads(
+        uploads, truncated = await self._thread(
+            self.store.list_uploads,
             call.bucket, prefix=q.get("prefix", ""), key_marker=q.get("key-marker", ""),
             upload_id_marker=q.get("upload-id-marker", ""), max_uploads=limit)
         encode = _encoder(q)
@@ -874,8 +892,8 @@ class S3Server:
         upload = self._upload_of(call)
         limit = _int_arg(q, "max-parts", 1000, 0, 1000)
         marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)
-        parts, truncated = self.store.list_parts(upload.id, part_number_marker=marker,
-                                                 max_parts=limit)
+        parts, truncated = await self._thread(self.store.list_parts, upload.id,
+                                              part_number_marker=marker, max_parts=limit)
         nodes: list[Node] = [("Bucket", upload.bucket), ("Key", upload.key),
                              ("UploadId", upload.id), ("Initiator", _owner()),
                              ("Owner", _owner()), ("StorageClass", "STANDARD"),
