@@ -143,6 +143,7 @@ class Storage:
         self.store.close()
 
     def health(self) -> dict[str, Any]:
-        return {"healthy": True, "url": self.url, "events": {
-            "delivered": self.events.delivered, "failed": self.events.failed,
-            "dropped": self.events.dropped, "pending": self.events.pending()}}
+        return {"healthy": True, "url": self.url,
+                "events delivered": self.events.delivered,
+                "events failed": self.events.failed, "events dropped": self.events.dropped,
+                "events pending": self.events.pending()}
