@@ -20,7 +20,7 @@ def test_keep_issues_and_the_periodic_check_prunes(tmp_path: Path) -> None:
     assert len(names(keeper.sds_dir, "cart.default")) == 3  # certificate, key, SDS document
     assert keeper.keep([mesh, pay])  # a render: nothing removed yet
     assert names(keeper.sds_dir, "cart.default")
-    assert keeper.keep([mesh, pay], prune=True)  # the periodic check
+    assert keeper.keep([mesh, pay], prunable=set(keeper.kept))  # the periodic check
     assert names(keeper.sds_dir, "cart.default") == []
     assert names(keeper.sds_dir, "pay.default") and (keeper.sds_dir / "ca.sds.json").exists()
     assert not keeper.ready([mesh, pay, cart]) and keeper.ready([mesh, pay])

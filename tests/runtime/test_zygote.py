@@ -329,3 +329,14 @@ def test_lean_instances_stop_gracefully_and_log_requests(apps: Path, tmp_path: P
             assert status is not None and status.signal == signal.SIGTERM
 
     run(main())
+
+
+def test_allocated_ports_avoid_the_ephemeral_range() -> None:
+    """Outgoing connections take their local ports from the kernel's ephemeral range,
+    so instance ports drawn there could be taken between draw and bind."""
+    from cloudland.runtime.ports import quiet_range
+
+    low, high = quiet_range()
+    allocator = PortAllocator()
+    ports = [allocator.allocate() for _ in range(200)]
+    assert len(set(ports)) == 200 and all(low <= p <= high for p in ports)

@@ -127,3 +127,33 @@ def test_a_default_boto3_presigned_put_carries_its_type_and_metadata(
     get = default.generate_presigned_url("get_object", Params={
         "Bucket": "presigned", "Key": "note.txt"}, ExpiresIn=300)
     assert urllib.request.urlopen(get, timeout=5).read() == b"hello"
+
+
+def test_a_sigv2_presigned_put_enforces_the_digest_it_signed(
+        s3_cloudland: Running, s3: Any, access_key: tuple[str, str]) -> None:
+    import base64
+    import hashlib
+    import http.client
+    import urllib.parse
+
+    import boto3
+
+    s3.create_bucket(Bucket="digests")
+    default = boto3.client("s3", endpoint_url=str(s3_cloudland.state["s3"]),
+                           region_name="us-east-1", aws_access_key_id=access_key[0],
+                           aws_secret_access_key=access_key[1])
+    digest = base64.b64encode(hashlib.md5(b"expected").digest()).decode()
+    url = default.generate_presigned_url("put_object", Params={
+        "Bucket": "digests", "Key": "d", "ContentMD5": digest}, ExpiresIn=300)
+    where = urllib.parse.urlsplit(url)
+
+    def put(body: bytes) -> int:
+        conn = http.client.HTTPConnection(where.netloc, timeout=5)
+        conn.request("PUT", f"{where.path}?{where.query}", body=body)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert put(b"something else") == 400  # BadDigest: the body is not what was signed
+    assert put(b"expected") == 200
+    assert s3.get_object(Bucket="digests", Key="d")["Body"].read() == b"expected"

@@ -226,8 +226,13 @@ class Gateway:
             await asyncio.sleep(ROTATION_CHECK)
             assert self.certificates is not None
             services, _ = self.service.list("Service")
+            # Prune only while Envoy runs the current model (a config it has not taken
+            # may still refer to a Service's certificates), and only identities known
+            # before this listing (one a render adds meanwhile is not "unwanted").
+            settled = self.problem is None and not self.envoy.last_error
+            prunable = set(self.certificates.kept) if settled else set()
             await asyncio.to_thread(self.certificates.keep, mesh_identities(services),
-                                    prune=True)
+                                    prunable=prunable)
 
     async def _render(self) -> Snapshot:
         routes, _ = self.service.list("Route")
@@ -264,26 +269,26 @@ class Certificates:
         identities, and rotation on its schedule, go through `keep`)."""
         return self.error is None and set(identities) <= self._kept
 
-    def keep(self, identities: list[tuple[str, str]], *, prune: bool = False) -> bool:
+    @property
+    def kept(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self._kept)
+
+    def keep(self, identities: list[tuple[str, str]], *,
+             prunable: set[tuple[str, str]] | None = None) -> bool:
         """True when every identity has a valid certificate on disk (blocking: key
         generation and file writes; run it in a thread). Serialized, so a rotation and
-        a render never write the same identity's files at once. With `prune` (the
-        periodic check), the files of identities no longer wanted are removed."""
+        a render never write the same identity's files at once. Identities in
+        `prunable` that are not wanted any more lose their files (the periodic check)."""
         with self._lock:
             kept = self._keep(identities)
-            if kept and prune:
-                self._prune(identities)
+            if kept and prunable:
+                self._prune(prunable - set(identities))
             return kept
 
-    def _prune(self, identities: list[tuple[str, str]]) -> None:
-        wanted = {f"{name}.{namespace}" for namespace, name in identities}
-        for document in self.sds_dir.glob("*.sds.json"):
-            stem = document.name.removesuffix(".sds.json")
-            if "." not in stem or stem in wanted:
-                continue  # the CA's own document, or a workload still in the mesh
-            for path in self.sds_dir.glob(f"{stem}.*"):
+    def _prune(self, unwanted: set[tuple[str, str]]) -> None:
+        for namespace, name in unwanted:
+            for path in self.sds_dir.glob(f"{name}.{namespace}.*"):
                 path.unlink(missing_ok=True)
-            name, namespace = stem.split(".", 1)
             self._kept.discard((namespace, name))
 
     def _keep(self, identities: list[tuple[str, str]]) -> bool:

@@ -248,6 +248,9 @@ class ManagedEnvoy:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self.admin_socket.unlink(missing_ok=True)
+        if self.admin_socket.parent != self.run_dir:  # the private temporary directory
+            shutil.rmtree(self.admin_socket.parent, ignore_errors=True)
 
     async def __aenter__(self) -> ManagedEnvoy:
         return self
@@ -259,6 +262,11 @@ class ManagedEnvoy:
 
     async def _spawn(self) -> None:
         assert self.binary is not None
+        # A socket left by an Envoy that died is ours to replace; if that Envoy still
+        # runs (it outlived a kill -9 of CloudLand), this leaves it unreachable, never
+        # answering in our place.
+        self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.admin_socket.unlink(missing_ok=True)
         args = [self.binary, "-c", str(self.run_dir / BOOTSTRAP_FILE),
                 "--concurrency", str(self.concurrency), "--disable-hot-restart",
                 "--use-dynamic-base-id", "--base-id-path", str(self.run_dir / BASE_ID_FILE),

@@ -7,7 +7,15 @@ act on, not a crash loop) and by controllers that assign `$PORT`.
 from __future__ import annotations
 
 import errno
+import random
 import socket
+from pathlib import Path
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Instance and mesh ports come from below the kernel's ephemeral range, so an outgoing
+# connection (which takes its local port from that range) can never hold the port an
+# instance is about to bind, nor a Service's mesh address after a restart.
+LOWEST_PORT = 20000
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -16,6 +24,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def quiet_range() -> tuple[int, int]:
+    """The ports below the kernel's ephemeral range, from LOWEST_PORT: no outgoing
+    connection is ever given one of them."""
+    try:
+        first = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return LOWEST_PORT, first - 1
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_in_use(port: int) -> bool:
@@ -36,20 +63,27 @@ def port_in_use(port: int) -> bool:
 class PortAllocator:
     """Hands out instance ports no other live instance of this CloudLand holds.
 
-    The kernel's ephemeral range is drawn at random, so 500 draws collide a few
-    times; remembering what was handed out (until released) avoids that."""
+    Ports are drawn at random below the kernel's ephemeral range (`quiet_range`) and
+    checked by binding; remembering what was handed out (until released) keeps two
+    instances from drawing the same one before either binds it."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self.taken: set[int] = set()
 
     def allocate(self) -> int:
+        low, high = quiet_range()
         for _ in range(100):
+            port = random.randint(low, high) if high > low else free_port(self.host)
+            if port not in self.taken and _bindable(self.host, port):
+                self.taken.add(port)
+                return port
+        for _ in range(100):  # a crowded range: let the kernel pick
             port = free_port(self.host)
             if port not in self.taken:
                 self.taken.add(port)
                 return port
-        raise OSError("no free port found in 100 tries")
+        raise OSError("no free port found in 200 tries")
 
     def hold(self, port: int) -> None:
         """Mark a port as in use (an instance re-adopted after a restart)."""

@@ -655,13 +655,16 @@ class ObjectStore:
         sub = self.blobs / blob[:2]
         sub.mkdir(exist_ok=True)
         dest = sub / blob
-        with self._lock:  # the source blob cannot be unlinked while we link it
+        try:
             try:
                 os.link(self.blob_path(src.blob), dest)
             except FileNotFoundError:
-                raise no_such_key(src.key) from None
+                raise
             except OSError:  # no hard links here: copy the bytes
                 self._copy_file(self.blob_path(src.blob), dest)
+        except FileNotFoundError:  # replaced or deleted since it was read
+            _unlink(dest)
+            raise no_such_key(src.key) from None
         if self.sync:
             _fsync_dir(sub)
         info = ObjectInfo(

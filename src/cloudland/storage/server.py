@@ -220,7 +220,10 @@ def signed_headers(call: Call) -> CIMultiDict[str]:
         return headers
     for name, value in call.query.items():
         lowered = name.lower()
-        if (lowered == "content-type" or lowered.startswith("x-amz-")) and lowered not in headers:
+        signed = lowered in ("content-type", "content-md5") or lowered.startswith("x-amz-")
+        if signed and lowered not in headers:
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise invalid_argument(f"{name} must not contain control characters", name)
             headers[lowered] = value
     return headers
 
@@ -294,7 +297,7 @@ class S3Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
     # ---- the one handler --------------------------------------------------------------
 
@@ -569,7 +572,9 @@ class S3Server:
         if declared > limit:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
                           "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
-        verifier = PayloadVerifier(call.verified, call.headers)
+        # The body is checked against what was signed (for a SigV2 presigned URL, the
+        # Content-MD5 and checksums in its query count as if sent as headers).
+        verifier = PayloadVerifier(call.verified, signed_headers(call))
         writer = self.store.writer()
         pending: asyncio.Future[None] | None = None
         try:

@@ -523,11 +523,14 @@ def _refuse_disguised_names(query: str) -> None:
             raise S3Error("InvalidArgument", f"query parameter name '{raw}' is percent-encoded; "
                           "a presigned (SigV2) URL must send names as they were signed",
                           400, ArgumentName=raw)
-        if name in V2_SUBRESOURCES:
-            if name in seen:
+        lowered = name.lower()
+        signed_value = lowered.startswith(("x-amz-", "content-"))
+        if name in V2_SUBRESOURCES or signed_value:
+            # A repeat would be signed joined ("a,b") yet acted on as one of its values.
+            if lowered in seen:
                 raise S3Error("InvalidArgument", f"The {name} query parameter is repeated.",
                               400, ArgumentName=name)
-            seen.add(name)
+            seen.add(lowered)
 
 
 def v2_canonical_resource(raw_path: str, query: str, *, plus_is_space: bool = False,
