@@ -46,9 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Row, failed, median, rss_kib
-from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary
 from cloudland.mesh.render import LISTENER_NAME, render
 from cloudland.mesh.snapshot import HCM_TYPE, Snapshot
+from cloudland.runtime.ports import free_port
 
 PROXIES = Path(__file__).resolve().parent / "proxies"
 HOST = "bench.local"

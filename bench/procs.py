@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import ROOT, median
+from cloudland.runtime.ports import free_port
 
 HELLO_SOURCE = ROOT / "examples" / "hello" / "app.py"
 SERVE = '''\
@@ -87,12 +88,6 @@ def pss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answers(port: int, deadline: float) -> bool:

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ import boto3
 from botocore.config import Config
 
 from bench.harness import Daemon, Row, _children, child_env, daemon, failed, tree_rss_kib
+from cloudland.runtime.ports import free_port
 
 THREADS = 8
 SMALL = 4 * 1024
@@ -69,12 +69,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- servers ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -96,7 +90,7 @@ def tree_cpu_s(pid: int) -> float:
 @contextlib.contextmanager
 def moto_server() -> Iterator[tuple[str, int]]:
     """moto's S3 server (flask/werkzeug, threaded) in its own process group."""
-    port = _free_port()
+    port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                              "-p", str(port)],

@@ -42,7 +42,8 @@ from cloudland.mesh.ca import (
     workload_identity,
     write_workload_files,
 )
-from cloudland.mesh.envoy import envoy_binary, free_port
+from cloudland.mesh.envoy import envoy_binary
+from cloudland.runtime.ports import free_port
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 WEB = workload_identity("default", "web")

@@ -25,7 +25,9 @@ import httpx
 import pytest
 
 from cloudland.mesh import Snapshot, render
-from cloudland.mesh.envoy import EnvoyError, ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.envoy import EnvoyError, ManagedEnvoy, envoy_binary
+from cloudland.runtime.ports import free_port
+from tests.conftest import processes_mentioning
 from tests.mesh.conftest import route, service
 
 pytestmark = pytest.mark.skipif(
@@ -106,19 +108,9 @@ async def answer(client: httpx.AsyncClient, url: str) -> str | None:
 
 
 def envoy_pids_for(run_dir: Path) -> list[int]:
-    """Live (non-zombie) processes whose command line names this run directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if str(run_dir) in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+    """Live processes whose command line names this run directory (a zombie's
+    command line is empty, so it does not count)."""
+    return processes_mentioning(str(run_dir))
 
 
 def test_route_apply_reject_restart_stop(tmp_path: Path, upstreams: dict[str, Upstream],

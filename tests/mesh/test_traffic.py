@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import pytest
 
 from cloudland.mesh import Snapshot, render
-from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary
+from cloudland.runtime.ports import free_port
 from tests.mesh.conftest import route, service
 from tests.mesh.test_envoy_process import envoy_pids_for
 from tests.mesh.upstreams import Upstream

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cloudland.runtime.driver import InstanceSpec, StartError
-from cloudland.runtime.ports import PortAllocator
+from cloudland.runtime.ports import PortAllocator, free_port
 from cloudland.runtime.zygote import ZygotePool
 
 APPS = {
@@ -66,12 +66,6 @@ APPS = {
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parent(pid: int) -> int | None:

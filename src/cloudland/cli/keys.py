@@ -20,9 +20,14 @@ from cloudland.cli.columns import say
 from cloudland.cli.options import HomeOption, client_for
 from cloudland.cli.output import Format, age, console, dump, table
 from cloudland.errors import NotFound
+from cloudland.model.accesskeys import (
+    KEY_LABEL,
+    KEY_TYPE,
+    KEYS_NAMESPACE,
+    key_id_of,
+    key_secret_name,
+)
 
-KEYS_NAMESPACE = "cloudland-system"
-KEY_LABEL = "cloudland.io/access-key"
 ALPHABET = string.ascii_uppercase + string.digits
 
 keys_app = typer.Typer(help="Access keys for the S3 API (AWS Signature V4).",
@@ -51,10 +56,10 @@ def create(
     """Create an access key; its secret is printed now and never again."""
     key_id, secret = new_key()
     doc = {"apiVersion": "cloudland/v1", "kind": "Secret",
-           "metadata": {"name": "s3-" + key_id.lower(), "namespace": KEYS_NAMESPACE,
+           "metadata": {"name": key_secret_name(key_id), "namespace": KEYS_NAMESPACE,
                         "labels": {KEY_LABEL: "true"},
                         "annotations": {"cloudland.io/description": description}},
-           "type": "cloudland.io/access-key",
+           "type": KEY_TYPE,
            "stringData": {"accessKeyId": key_id, "secretAccessKey": secret}}
     with client_for(home) as client:
         client.create(doc)
@@ -75,7 +80,7 @@ def list_keys(output: OutputOption = Format.table, home: HomeOption = None) -> N
     """The access keys (never their secrets)."""
     with client_for(home) as client:
         items = client.list("Secret", KEYS_NAMESPACE, selector=f"{KEY_LABEL}=true")["items"]
-    rows = [{"accessKeyId": o["metadata"]["name"][len("s3-"):].upper(),
+    rows = [{"accessKeyId": key_id_of(o["metadata"]["name"]),
              "description": (o["metadata"].get("annotations") or {}).get(
                  "cloudland.io/description", ""),
              "created": o["metadata"].get("creationTimestamp")} for o in items]
@@ -95,7 +100,7 @@ def delete(access_key: Annotated[str, typer.Argument(help="The access key id.")]
     """Delete an access key: requests signed with it are refused from now on."""
     with client_for(home) as client:
         try:
-            client.delete("Secret", KEYS_NAMESPACE, "s3-" + access_key.lower())
+            client.delete("Secret", KEYS_NAMESPACE, key_secret_name(access_key))
         except NotFound:
             raise NotFound(f"no access key {access_key}",
                            hint="list them with: cloudland keys list") from None

@@ -26,11 +26,11 @@ from cloudland.mesh.ca import (
     service_dns_names,
     workload_identity,
 )
-from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary, free_port
+from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary
 from cloudland.mesh.render import SDS_DIR, invalid_routes, mesh_identities
 from cloudland.mesh.snapshot import Snapshot
 from cloudland.runtime.logs import LogRotator
-from cloudland.runtime.ports import port_in_use
+from cloudland.runtime.ports import free_port, port_in_use
 
 log = logging.getLogger("cloudland.gateway")
 Object = dict[str, Any]

@@ -19,6 +19,7 @@ from typing import Any
 
 from cloudland.api.service import Change, ResourceService
 from cloudland.errors import Invalid
+from cloudland.model.accesskeys import KEY_LABEL, KEYS_NAMESPACE, key_secret_name
 from cloudland.storage.errors import S3Error
 from cloudland.storage.events import Rule, S3Events, rules_from_spec
 from cloudland.storage.objects import ObjectStore
@@ -28,15 +29,6 @@ from cloudland.storage.sigv4 import Credentials
 log = logging.getLogger("cloudland.storage")
 
 Object = dict[str, Any]
-KEYS_NAMESPACE = "cloudland-system"
-KEY_LABEL = "cloudland.io/access-key"
-KEY_PREFIX = "s3-"
-
-
-def key_secret_name(access_key: str) -> str:
-    return KEY_PREFIX + access_key.lower()
-
-
 def bucket_admission(service: ResourceService) -> Callable[[str, Object, Object | None], None]:
     """An admission hook for Bucket resources: the name must be a valid S3 bucket name,
     and unique across namespaces (S3 bucket names are global; two namespaces sharing

@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -73,13 +72,6 @@ def envoy_binary() -> str | None:
     except ImportError:
         pass
     return shutil.which("envoy")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def admin_socket_path(run_dir: Path) -> Path:

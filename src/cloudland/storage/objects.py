@@ -354,7 +354,8 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> str:
+    """`key` if S3 accepts it: not empty, valid UTF-8, at most 1,024 bytes of it."""
     if not key:
         raise invalid_argument("Object key must not be empty", "key", key)
     try:
@@ -362,8 +363,9 @@ def _check_key(key: str) -> None:
     except UnicodeEncodeError:
         raise invalid_argument("Object key is not valid UTF-8", "key") from None
     if size > MAX_KEY_BYTES:
-        raise S3Error("KeyTooLongError", "Your key is too long", 400,
-                      MaxSizeAllowed=str(MAX_KEY_BYTES), Size=str(size))
+        raise S3Error("KeyTooLongError", "Your key is too long (the limit is 1,024 bytes "
+                      "of UTF-8)", 400, MaxSizeAllowed=str(MAX_KEY_BYTES), Size=str(size))
+    return key
 
 
 def _composite_checksum(algorithm: str, digests: list[str]) -> str:
@@ -495,7 +497,7 @@ class ObjectStore:
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
              _dumps(info.checksums), _dumps(info.parts), info.blob))
 
-    def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], None]) -> None:
+    def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object]) -> None:
         """`precheck`, then fsync the writer's file and move it into blobs/; on any
         error the writer's bytes are discarded."""
         try:
@@ -599,7 +601,7 @@ class ObjectStore:
         given (the server verified them); when None, those the writer computed are kept.
         On any error the writer's bytes are discarded.
         """
-        self._keep_blob(writer, lambda: _check_key(key))
+        self._keep_blob(writer, lambda: check_key(key))
         info = ObjectInfo(
             bucket=bucket, key=key, size=writer.size, etag=writer.md5_hex(),
             last_modified=time.time(), content_type=content_type,
@@ -650,7 +652,7 @@ class ObjectStore:
         source's (blobs are immutable), same size, etag, parts and checksums. Each of
         content_type, metadata and headers is replaced when given, else copied.
         NoSuchKey if `src` was replaced or deleted since it was read."""
-        _check_key(key)
+        check_key(key)
         blob = secrets.token_hex(16)
         sub = self.blobs / blob[:2]
         sub.mkdir(exist_ok=True)
@@ -753,7 +755,7 @@ class ObjectStore:
                       metadata: dict[str, str] | None = None,
                       headers: dict[str, str] | None = None,
                       checksums_algorithm: str | None = None) -> str:
-        _check_key(key)
+        check_key(key)
         upload_id = secrets.token_urlsafe(24)
         algorithm = checksums_algorithm.lower() if checksums_algorithm else None
         with self._tx() as db:

@@ -31,14 +31,13 @@ from multidict import CIMultiDict
 
 from cloudland.storage import s3xml
 from cloudland.storage.errors import S3Error, invalid_argument, no_such_upload, precondition_failed
-from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, Upload
+from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, Upload, check_key
 from cloudland.storage.s3xml import Node, document, iso8601
 from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, verify
 
 log = logging.getLogger("cloudland.s3")
 T = TypeVar("T")
 
-MAX_KEY_BYTES = 1024
 MAX_METADATA_BYTES = 2048  # user metadata, names and values, as S3 counts it
 MAX_OBJECT_BYTES = 5 << 30  # a single PUT (multipart for more)
 MAX_XML_BYTES = 2 << 20  # DeleteObjects of 1,000 long keys fits
@@ -105,15 +104,6 @@ def check_bucket_name(name: str) -> str:
                       "are 3-63 characters of lowercase letters, digits, dots and hyphens, "
                       "starting and ending with a letter or digit", 400, BucketName=name)
     return name
-
-
-def check_key(key: str) -> str:
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise S3Error("KeyTooLongError", "Your key is too long (the limit is 1,024 bytes "
-                      "of UTF-8)", 400, Size=str(len(key.encode())), MaxSizeAllowed="1024")
-    if not key:
-        raise S3Error("InvalidRequest", "A key must not be empty", 400)
-    return key
 
 
 def http_date(when: float) -> str:
