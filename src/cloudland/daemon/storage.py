@@ -19,7 +19,7 @@ from typing import Any
 
 from cloudland.api.service import Change, ResourceService
 from cloudland.errors import Invalid
-from cloudland.model.accesskeys import KEY_LABEL, KEYS_NAMESPACE, key_secret_name
+from cloudland.model.accesskeys import KEY_LABEL, KEYS_NAMESPACE, key_id_of, key_secret_name
 from cloudland.storage.errors import S3Error
 from cloudland.storage.events import Rule, S3Events, rules_from_spec
 from cloudland.storage.objects import ObjectStore
@@ -53,12 +53,37 @@ def bucket_admission(service: ResourceService) -> Callable[[str, Object, Object 
 
 
 class AccessKeys:
-    """Looks up an access key's secret in the store (Secrets labelled as access keys)."""
+    """Looks up an access key's secret in the store (Secrets labelled as access keys).
+
+    Every signed S3 request asks, so known keys are kept in memory and forgotten
+    when their Secret changes or goes (the cache follows the store's changes)."""
 
     def __init__(self, service: ResourceService) -> None:
         self.service = service
+        self._known: dict[str, Credentials] = {}
+        self._unsubscribe: Any = None
+
+    def start(self) -> None:
+        self._unsubscribe = self.service.subscribe(self._on_change)
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "Secret" and change.namespace == KEYS_NAMESPACE:
+            self._known.pop(key_id_of(change.object["metadata"]["name"]), None)
 
     def __call__(self, access_key: str) -> Credentials | None:
+        known = self._known.get(access_key)
+        if known is not None:
+            return known
+        found = self._lookup(access_key)
+        if found is not None:
+            self._known[access_key] = found
+        return found
+
+    def _lookup(self, access_key: str) -> Credentials | None:
         if not access_key or len(access_key) > 128:
             return None
         obj = self.service.find("Secret", KEYS_NAMESPACE, key_secret_name(access_key))
@@ -115,7 +140,8 @@ class Storage:
         self.store = ObjectStore(root)
         self.rules = BucketRules(service)
         self.events = S3Events(self.rules)
-        self.server = S3Server(self.store, AccessKeys(service), host=host, port=port,
+        self.keys = AccessKeys(service)
+        self.server = S3Server(self.store, self.keys, host=host, port=port,
                                events=self.events)
 
     @property
@@ -124,6 +150,7 @@ class Storage:
 
     async def start(self) -> None:
         self.rules.start()
+        self.keys.start()
         await self.events.start()
         await self.server.start()
         log.info("S3 listening on %s", self.url)
@@ -132,6 +159,7 @@ class Storage:
         await self.server.stop()
         await self.events.stop()
         self.rules.stop()
+        self.keys.stop()
         self.store.close()
 
     def health(self) -> dict[str, Any]:
