@@ -202,19 +202,17 @@ def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def signed_headers(call: Call) -> CIMultiDict[str]:
-    """The headers that describe the object: as sent, plus — for a SigV2 presigned URL —
-    the Content-Type and x-amz-* values botocore signed into its query (a client using
-    such a URL sends only the body)."""
+    """The headers that describe the object: as sent, plus the values the signature
+    covers but the client did not send (a SigV2 presigned URL carries Content-Type,
+    Content-MD5 and x-amz-* in its query, and a client using it sends only the body)."""
     headers: CIMultiDict[str] = CIMultiDict(call.headers)
-    if call.verified is None or call.verified.signature_version != 2:
+    if call.verified is None:
         return headers
-    for name, value in call.query.items():
-        lowered = name.lower()
-        signed = lowered in ("content-type", "content-md5") or lowered.startswith("x-amz-")
-        if signed and lowered not in headers:
+    for name, value in call.verified.signed_values.items():
+        if name not in headers:
             if any(ord(c) < 32 or ord(c) == 127 for c in value):
                 raise invalid_argument(f"{name} must not contain control characters", name)
-            headers[lowered] = value
+            headers[name] = value
     return headers
 
 

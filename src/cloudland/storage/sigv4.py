@@ -37,7 +37,7 @@ import re
 import urllib.parse
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -105,6 +105,10 @@ class Verified:
     # the server's (or us-east-1) and `date`/`timestamp` are the verification time,
     # not anything the client signed -- the server must not rely on them.
     signature_version: int = 4
+    # The Content-MD5, Content-Type and x-amz-* values the signature covers, by lower-
+    # case name. For a SigV2 presigned URL botocore moved them into the query, so a
+    # client may send only the body: these are what the request must be taken to say.
+    signed_values: Mapping[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -565,6 +569,10 @@ def v2_string_to_sign(method: str, content_md5: str, content_type: str, date: st
     return "\n".join(lines) + "\n" + resource
 
 
+def _nonempty(values: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in values.items() if value}
+
+
 def _sign_v2(secret: str, string_to_sign: str) -> str:
     digest = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
@@ -666,7 +674,10 @@ def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[
                             region=region or "us-east-1", date=now.strftime("%Y%m%d"),
                             signing_key=b"", seed_signature="",
                             timestamp=now.strftime(_TIMESTAMP_FORMAT), scope="",
-                            presigned=True, signature_version=2)
+                            presigned=True, signature_version=2,
+                            signed_values=_nonempty({
+                                "content-md5": signed_value("content-md5"),
+                                "content-type": signed_value("content-type"), **amz}))
     raise S3Error(
         "SignatureDoesNotMatch", "The request signature we calculated does not match the "
         "signature you provided. Check your key and signing method.", 403,
