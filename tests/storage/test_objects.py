@@ -23,7 +23,7 @@ from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, prefi
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[ObjectStore]:
-    s = ObjectStore(tmp_path / "data")
+    s = ObjectStore(tmp_path / "data", inline_max=0)  # bodies as blob files: see test_inline_*
     yield s
     s.close()
 
@@ -459,12 +459,139 @@ def test_listing_10000_keys(tmp_path: Path) -> None:
         fast.close()
 
 
+# -- small bodies inline -------------------------------------------------------------------
+
+
+@pytest.fixture
+def inline_store(tmp_path: Path) -> Iterator[ObjectStore]:
+    s = ObjectStore(tmp_path / "inline", inline_max=1000)
+    s.create_bucket("b")
+    yield s
+    s.close()
+
+
+def test_inline_small_bodies_live_in_their_rows(inline_store: ObjectStore) -> None:
+    store = inline_store
+    w = store.writer(("crc32",))
+    w.write(b"x" * 600)
+    w.write(b"y" * 400)  # exactly inline_max: still inline
+    info = store.commit("b", "small", w)
+    assert info.blob == "" and info.size == 1000
+    assert info.etag == hashlib.md5(b"x" * 600 + b"y" * 400).hexdigest()
+    assert info.checksums == {"crc32": base64.b64encode(
+        zlib.crc32(b"x" * 600 + b"y" * 400).to_bytes(4, "big")).decode()}
+    assert blob_files(store) == set() and tmp_files(store) == []
+    got, f = store.open_object("b", "small")
+    with f:
+        assert f.read() == b"x" * 600 + b"y" * 400 and got == info
+    # Listings never carry the bodies.
+    assert store.list_objects("b").objects[0].inline is None
+
+    big = put(store, "b", "big", b"z" * 1001)  # one byte more: a blob file
+    assert big.blob and blob_files(store) == {big.blob}
+    assert put(store, "b", "empty", b"").blob == ""
+    assert read(store, store.head("b", "empty")) == b""
+
+
+def test_inline_and_file_bodies_replace_each_other(inline_store: ObjectStore) -> None:
+    store = inline_store
+    as_file = put(store, "b", "k", b"f" * 5000)
+    reader = store.open_blob(as_file)
+    put(store, "b", "k", b"small")  # file -> inline: the blob goes, the open reader keeps it
+    assert blob_files(store) == set()
+    assert reader.read() == b"f" * 5000
+    reader.close()
+    again = put(store, "b", "k", b"g" * 5000)  # inline -> file
+    assert blob_files(store) == {again.blob}
+    assert read(store, store.head("b", "k")) == b"g" * 5000
+    store.delete("b", "k")
+    assert blob_files(store) == set()
+
+
+def test_inline_copy_and_multipart_parts(inline_store: ObjectStore,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = inline_store
+    src = put(store, "b", "src", b"tiny", metadata={"a": "1"})
+    copied = store.copy(store.head("b", "src"), "b", "dst", metadata={"b": "2"})
+    assert copied.blob == "" and copied.etag == src.etag
+    store.delete("b", "src")
+    assert read(store, store.head("b", "dst")) == b"tiny"
+    assert store.head("b", "dst").metadata == {"b": "2"}
+
+    # Parts are joined from files, so even a small part becomes one.
+    monkeypatch.setattr(objects_module, "MIN_PART_SIZE", 10)
+    upload_id = store.create_upload("b", "mp")
+    p1 = upload_part(store, upload_id, 1, b"1" * 20)
+    p2 = upload_part(store, upload_id, 2, b"2" * 5)
+    assert len(blob_files(store)) == 2
+    done = store.complete_upload(upload_id, [(1, p1.etag), (2, p2.etag)])
+    assert done.blob and blob_files(store) == {done.blob}
+    assert read(store, store.head("b", "mp")) == b"1" * 20 + b"2" * 5
+
+
+def test_readers_always_get_one_whole_version_while_writers_replace(
+        inline_store: ObjectStore) -> None:
+    """Reads use their own connection, without the write lock: a reader that read a row
+    whose blob a commit then unlinks reads the row again, and never a mix."""
+    store = inline_store
+    bodies = [bytes([65 + i]) * (3000 if i % 2 else 500) for i in range(6)]  # file, inline
+    put(store, "b", "k", bodies[0])
+    stop = threading.Event()
+    seen: set[bytes] = set()
+    errors: list[BaseException] = []
+
+    def read_loop() -> None:
+        try:
+            while not stop.is_set():
+                info, f = store.open_object("b", "k")
+                with f:
+                    data = f.read()
+                assert data in bodies and len(data) == info.size, (len(data), info.size)
+                seen.add(data)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read_loop) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for n in range(300):
+            put(store, "b", "k", bodies[n % len(bodies)])
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(10)
+    assert not errors, errors[0]
+    assert len(seen) > 1
+
+
+def test_a_store_from_before_inline_bodies_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "old"
+    store = ObjectStore(root, inline_max=0)
+    store.create_bucket("b")
+    old = put(store, "b", "k", b"from before")
+    store.close()
+    db = sqlite3.connect(root / "objects.db")
+    db.execute("ALTER TABLE objects DROP COLUMN data")  # the schema as it was
+    db.commit()
+    db.close()
+    reopened = ObjectStore(root)
+    try:
+        assert read(reopened, reopened.head("b", "k")) == b"from before"
+        assert reopened.head("b", "k").blob == old.blob
+        assert put(reopened, "b", "new", b"inline now").blob == ""
+    finally:
+        reopened.close()
+
+
 # -- crash recovery -----------------------------------------------------------------------
 
 
 def test_reopen_removes_temp_files_and_orphan_blobs(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    store = ObjectStore(root)
+    store = ObjectStore(root, inline_max=0)
     store.create_bucket("b")
     kept = put(store, "b", "kept", b"safe")
     w: BlobWriter = store.writer()
@@ -477,7 +604,7 @@ def test_reopen_removes_temp_files_and_orphan_blobs(tmp_path: Path) -> None:
     store.close()
     assert len(tmp_files(store)) == 1
 
-    reopened = ObjectStore(root)
+    reopened = ObjectStore(root, inline_max=0)
     try:
         assert tmp_files(reopened) == []
         assert blob_files(reopened) == {kept.blob}
@@ -532,8 +659,8 @@ def test_kill_9_during_upload_leaves_no_object_and_no_temp_file(tmp_path: Path) 
         assert tmp_files(store) == []
         page = store.list_objects("b")
         assert keys(page) == ["done"]
-        assert read(store, page.objects[0]) == b"committed"
-        assert blob_files(store) == {page.objects[0].blob}
+        assert read(store, store.head("b", "done")) == b"committed"
+        assert blob_files(store) == set()  # "committed" is small: it lives in its row
     finally:
         store.close()
 

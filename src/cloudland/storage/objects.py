@@ -11,16 +11,23 @@ Layout under `root`:
   unlinks the blob it replaced. Readers that already opened the old blob keep reading
   it (POSIX unlink semantics).
 
+Small bodies (at most `inline_max` bytes, 128 KiB by default) never become files: the
+writer keeps them in memory and the commit stores them in the object's row (as MinIO
+keeps small objects inline in their metadata). One write, one fsync (SQLite's) instead
+of a temp file, its fsync, a rename, a directory fsync and the commit.
+
 Crash safety: a body is visible only once its row commits, and the row names a blob
 that was fsynced and renamed before. A crash before the rename leaves a file in `tmp/`;
 a crash between rename and commit (or between commit and unlinking the replaced blob)
 leaves a blob no row references. Opening the store empties `tmp/` and deletes those
 orphans, so after a kill -9 there is no object, no torn object and no stray file.
 
-Concurrency: one SQLite connection guarded by a lock; every call holds it only for a
-few indexed statements (never while streaming bytes). Concurrent writers on one key
-each fill their own temp file; commits are serialized, so the last complete write wins
-and no object ever mixes two bodies. One `ObjectStore` per root at a time (an flock on
+Concurrency: writes go through one SQLite connection guarded by a lock; every call
+holds it only for a few indexed statements (never while streaming bytes). Reads use a
+connection of their own per thread (WAL: a reader sees the last commit and never waits
+for a commit's fsync). Concurrent writers on one key each fill their own temp file;
+commits are serialized, so the last complete write wins and no object ever mixes two
+bodies. One `ObjectStore` per root at a time (an flock on
 `root/lock` enforces it), since opening cleans files a live store may be writing.
 """
 
@@ -30,6 +37,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -58,6 +66,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10_000
 MAX_KEY_BYTES = 1024
 COPY_CHUNK = 1024 * 1024
+INLINE_MAX = 128 * 1024
+"""Bodies up to this size are stored in their object's row instead of a blob file."""
 
 _crc32c: Callable[[bytes, int], int] | None
 try:  # pragma: no cover - depends on what is installed
@@ -93,8 +103,11 @@ class ObjectInfo:
     headers: dict[str, str]
     checksums: dict[str, str]
     parts: list[int]
-    blob: str
+    blob: str  # "" when the body is inline
     version_id: str = "null"
+    # The body itself when it is stored in the row (small objects): read along with a
+    # single object (head, open_object), never by listings.
+    inline: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -169,34 +182,61 @@ def _discard(file: BinaryIO, path: Path) -> None:
 
 
 class BlobWriter:
-    """A temporary file being filled with an object body (or part); from `writer()`.
+    """An object body (or part) being received; from `writer()`.
 
-    Hashes as it goes: md5 always, plus the checksums asked for (those in
+    Up to `inline_max` bytes it stays in memory; past that it spills to a temporary
+    file. Hashes as it goes: md5 always, plus the checksums asked for (those in
     SUPPORTED_CHECKSUMS; others are skipped silently — `digest` raises KeyError).
     Hand it to `commit`/`put_part`, or `abort` it. Use it as a context manager to
     abort on error. If it is dropped without either, its temp file is removed when
     it is garbage-collected (and at the next open after a crash).
     """
 
-    def __init__(self, tmp_dir: Path, checksums: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp_dir: Path, checksums: tuple[str, ...] = (), *,
+                 inline_max: int = 0) -> None:
         self.id = secrets.token_hex(16)
         self.path = tmp_dir / self.id
         self.size = 0
-        self._file: BinaryIO = open(self.path, "xb", buffering=256 * 1024)  # noqa: SIM115
+        self._inline_max = inline_max
+        self._memory: bytearray | None = bytearray() if inline_max > 0 else None
+        self._file: BinaryIO | None = None if inline_max > 0 else self._open()
         self._md5 = hashlib.md5()
         self._hashes = {name.lower(): _hasher(name.lower()) for name in checksums
                         if name.lower() in SUPPORTED_CHECKSUMS}
-        self._finalizer = weakref.finalize(self, _discard, self._file, self.path)
         self._closed = False
+
+    def _open(self) -> BinaryIO:
+        file: BinaryIO = open(self.path, "xb", buffering=256 * 1024)  # noqa: SIM115
+        self._finalizer = weakref.finalize(self, _discard, file, self.path)
+        return file
+
+    @property
+    def inline(self) -> bytes | None:
+        """The body, if it is small enough to have stayed in memory."""
+        return bytes(self._memory) if self._memory is not None else None
+
+    def spill(self) -> None:
+        """Move a body held in memory to the temporary file (parts need files)."""
+        if self._memory is not None:
+            self._file = self._open()
+            self._file.write(self._memory)
+            self._memory = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise ValueError("write to a finished or aborted BlobWriter")
-        self._file.write(data)
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if self._memory is not None and self.size + n > self._inline_max:
+            self.spill()
+        if self._memory is not None:
+            self._memory += data
+        else:
+            assert self._file is not None
+            self._file.write(data)
         self._md5.update(data)
         for h in self._hashes.values():
             h.update(data)
-        self.size += data.nbytes if isinstance(data, memoryview) else len(data)
+        self.size += n
 
     def md5_hex(self) -> str:
         return self._md5.hexdigest()
@@ -214,20 +254,25 @@ class BlobWriter:
     def abort(self) -> None:
         """Delete the temp file (idempotent; a no-op once committed)."""
         self._closed = True
-        self._finalizer()
+        self._memory = None
+        if self._file is not None:
+            self._finalizer()
 
     def _finish(self, sync: bool) -> None:
         """Flush and fsync; the file stays in tmp/ until `_install`."""
         if self._closed:
             raise ValueError("BlobWriter already finished or aborted")
         self._closed = True
+        if self._file is None:
+            return
         self._file.flush()
         if sync:
             os.fsync(self._file.fileno())
         self._file.close()
 
     def _detach(self) -> None:
-        self._finalizer.detach()
+        if self._file is not None:
+            self._finalizer.detach()
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -256,6 +301,7 @@ CREATE TABLE IF NOT EXISTS objects (
     checksums TEXT NOT NULL,
     parts TEXT NOT NULL,
     blob TEXT NOT NULL,
+    data BLOB,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_blob ON objects (blob);
@@ -299,10 +345,23 @@ def _loads(text: str) -> Any:
 
 
 def _object(row: tuple[Any, ...]) -> ObjectInfo:
+    """A row of _OBJECT_COLUMNS, optionally followed by the inline body."""
     return ObjectInfo(bucket=row[0], key=row[1], size=row[2], etag=row[3],
                       last_modified=row[4], content_type=row[5],
                       metadata=_loads(row[6]), headers=_loads(row[7]),
-                      checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10])
+                      checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10],
+                      inline=row[11] if len(row) > 11 else None)
+
+
+@dataclass
+class _Write:
+    """An object row waiting for the next group commit, and what became of it."""
+
+    info: ObjectInfo
+    check: Check | None
+    done: bool = False
+    replaced: ObjectInfo | None = None
+    error: BaseException | None = None
 
 
 def _bucket(row: tuple[Any, ...]) -> BucketInfo:
@@ -321,6 +380,8 @@ def _part(row: tuple[Any, ...]) -> PartInfo:
 
 
 def _dumps(value: object) -> str:
+    if not value and isinstance(value, dict | list):  # the usual case: skip the encoder
+        return "[]" if isinstance(value, list) else "{}"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -387,12 +448,13 @@ class ObjectStore:
     `sync=True` (the default) fsyncs each blob, its directory and each commit
     (SQLite synchronous=FULL), so a power loss cannot lose a blob a row names.
     `sync=False` keeps crash safety against a kill -9 (what reaches the OS survives
-    it) and is faster.
+    it) and is faster. Bodies up to `inline_max` bytes live in their rows (0: never).
     """
 
-    def __init__(self, root: Path, *, sync: bool = True) -> None:
+    def __init__(self, root: Path, *, sync: bool = True, inline_max: int = INLINE_MAX) -> None:
         self.root = Path(root)
         self.sync = sync
+        self.inline_max = inline_max
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
         for d in (self.root, self.blobs, self.tmp):
@@ -404,22 +466,48 @@ class ObjectStore:
             self._lockfile.close()
             raise RuntimeError(f"{self.root} is in use by another ObjectStore") from None
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Write] = []
         self._made_dirs: set[str] = set()
-        self._db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
-                                   check_same_thread=False)
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=5000")
         with self._tx():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(objects)")}
+            if "data" not in columns:  # a store made before bodies could be inline
+                self._db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._recover()
 
     # -- plumbing ---------------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection for reads (made on first use).
+
+        Reads never take the write lock: under WAL a reader sees the last commit
+        without waiting for the fsync of one in progress (the event loop reads too).
+        """
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._readers.append(db)
+        return db
+
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers:
+                reader.close()
             self._db.close()
             self._lockfile.close()
 
@@ -485,52 +573,93 @@ class ObjectStore:
             raise no_such_bucket(bucket)
 
     def _get_object(self, db: sqlite3.Connection, bucket: str, key: str) -> ObjectInfo | None:
-        row = db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
-                         (bucket, key)).fetchone()
+        row = db.execute(f"SELECT {_OBJECT_COLUMNS}, data FROM objects "
+                         "WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
         return _object(row) if row else None
 
     def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
         db.execute(
-            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (info.bucket, info.key, info.size, info.etag, info.last_modified,
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
-             _dumps(info.checksums), _dumps(info.parts), info.blob))
+             _dumps(info.checksums), _dumps(info.parts), info.blob, info.inline))
 
-    def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object]) -> None:
-        """`precheck`, then fsync the writer's file and move it into blobs/; on any
-        error the writer's bytes are discarded."""
+    def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object], *,
+                   inline: bool = False) -> bytes | None:
+        """`precheck`, then the body: returned if it may stay inline and is small
+        enough, else fsynced and moved into blobs/ as `writer.id`. On any error the
+        writer's bytes are discarded."""
         try:
             precheck()
+            body = writer.inline
+            if inline and body is not None and len(body) <= self.inline_max:
+                writer._finish(self.sync)
+                return body
+            writer.spill()
             writer._finish(self.sync)
             self._install(writer.path, writer.id)
             writer._detach()
+            return None
         except BaseException:
             writer.abort()
             raise
 
-    def _replace(self, info: ObjectInfo, check: Check | None) -> ObjectInfo:
-        """Check and write `info`'s row in one transaction; unlink the replaced blob.
+    def _unlink_blob(self, blob: str) -> None:
+        if blob:  # "" for an inline body
+            _unlink(self.blob_path(blob))
 
-        On any error the new blob is unlinked (its row was never committed).
+    def _replace(self, info: ObjectInfo, check: Check | None) -> ObjectInfo:
+        """Check and write `info`'s row, committed durably; unlink the replaced blob.
+
+        Group commit: writes that queue up while another commit is in progress are
+        committed together by the next thread to take the lock, in one transaction and
+        one fsync, each in a savepoint of its own so that one refused write (its
+        `check` raising) leaves the others in. On any error the new blob is unlinked
+        (its row was never committed).
         """
+        write = _Write(info, check)
+        with self._queue_lock:
+            self._queue.append(write)
         with self._lock:
-            try:
-                with self._tx() as db:
-                    self._require_bucket(db, info.bucket)
-                    current = self._get_object(db, info.bucket, info.key)
-                    if check is not None:
-                        check(current)
-                    self._put_object(db, info)
-            except BaseException:
-                _unlink(self.blob_path(info.blob))
-                raise
-        # After COMMIT and outside the lock (unlinking a big file takes a while): no
-        # reader can reach the old blob any more, since open_object reads the row and
-        # opens its blob under the lock, and a failed commit never got here.
+            if not write.done:
+                self._commit_queued()
+        if write.error is not None:
+            self._unlink_blob(info.blob)
+            raise write.error
+        # After COMMIT and outside the lock (unlinking a big file takes a while): a
+        # reader that read the old row before the commit and opens the blob after this
+        # finds it gone and reads the row again (open_object).
+        current = write.replaced
         if current is not None and current.blob != info.blob:
-            _unlink(self.blob_path(current.blob))
+            self._unlink_blob(current.blob)
         return info
+
+    def _commit_queued(self) -> None:
+        """Commit every queued write in one transaction (the caller holds the lock)."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._tx() as db:
+                for write in batch:
+                    db.execute("SAVEPOINT write")
+                    try:
+                        self._require_bucket(db, write.info.bucket)
+                        write.replaced = self._get_object(db, write.info.bucket,
+                                                          write.info.key)
+                        if write.check is not None:
+                            write.check(write.replaced)
+                        self._put_object(db, write.info)
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO write")
+                        write.error = exc
+                    db.execute("RELEASE write")
+        except BaseException as exc:  # the COMMIT itself failed: nothing of the batch is in
+            for write in batch:
+                write.error = write.error or exc
+        finally:
+            for write in batch:
+                write.done = True
 
     # -- buckets ----------------------------------------------------------------------
 
@@ -555,9 +684,8 @@ class ObjectStore:
             db.execute("DELETE FROM buckets WHERE name = ?", (name,))
 
     def bucket(self, name: str) -> BucketInfo:
-        with self._lock:
-            row = self._db.execute("SELECT name, created, region, public_read FROM buckets "
-                                   "WHERE name = ?", (name,)).fetchone()
+        row = self._reader().execute("SELECT name, created, region, public_read FROM buckets "
+                                     "WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise no_such_bucket(name)
         return _bucket(row)
@@ -573,8 +701,7 @@ class ObjectStore:
         args += bounds
         sql += " ORDER BY name LIMIT ?"
         args.append(max_buckets + 1)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        rows = self._reader().execute(sql, args).fetchall()
         return [_bucket(r) for r in rows[:max_buckets]], len(rows) > max_buckets
 
     def set_public_read(self, name: str, public: bool) -> None:
@@ -586,7 +713,7 @@ class ObjectStore:
     # -- objects ----------------------------------------------------------------------
 
     def writer(self, checksums: tuple[str, ...] = ()) -> BlobWriter:
-        return BlobWriter(self.tmp, checksums)
+        return BlobWriter(self.tmp, checksums, inline_max=self.inline_max)
 
     def commit(self, bucket: str, key: str, writer: BlobWriter, *,
                content_type: str = "binary/octet-stream",
@@ -601,37 +728,45 @@ class ObjectStore:
         given (the server verified them); when None, those the writer computed are kept.
         On any error the writer's bytes are discarded.
         """
-        self._keep_blob(writer, lambda: check_key(key))
+        body = self._keep_blob(writer, lambda: check_key(key), inline=True)
         info = ObjectInfo(
             bucket=bucket, key=key, size=writer.size, etag=writer.md5_hex(),
             last_modified=time.time(), content_type=content_type,
             metadata=dict(metadata or {}), headers=dict(headers or {}),
             checksums=dict(checksums) if checksums is not None else writer.digests(),
-            parts=[], blob=writer.id)
+            parts=[], blob="" if body is not None else writer.id, inline=body)
         return self._replace(info, check)
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
-        with self._lock:
-            info = self._get_object(self._db, bucket, key)
-            if info is None:
-                self._require_bucket(self._db, bucket)
-                raise no_such_key(key)
+        db = self._reader()
+        info = self._get_object(db, bucket, key)
+        if info is None:
+            self._require_bucket(db, bucket)
+            raise no_such_key(key)
         return info
 
     def open_blob(self, info: ObjectInfo) -> BinaryIO:
         """Open `info`'s body for reading (seek for ranges). Stays readable while open,
         even if the object is replaced or deleted meanwhile. NoSuchKey if the blob was
         already replaced before this call: prefer `open_object`, which cannot race."""
+        if info.inline is not None:
+            return io.BytesIO(info.inline)
         try:
             return open(self.blob_path(info.blob), "rb")
         except FileNotFoundError:
             raise no_such_key(info.key) from None
 
     def open_object(self, bucket: str, key: str) -> tuple[ObjectInfo, BinaryIO]:
-        """`head` and `open_blob` at once, atomically with respect to writers."""
-        with self._lock:
+        """`head` and `open_blob` at once, consistent with writers: the row and the
+        body opened are of one and the same version."""
+        while True:
             info = self.head(bucket, key)
-            return info, open(self.blob_path(info.blob), "rb")
+            try:
+                return info, self.open_blob(info)
+            except S3Error:
+                # Replaced (and its blob unlinked) between reading the row and opening
+                # the file: the row read now names the new version.
+                continue
 
     def delete(self, bucket: str, key: str) -> ObjectInfo | None:
         with self._lock, self._tx() as db:
@@ -640,7 +775,7 @@ class ObjectStore:
             if info is None:
                 return None
             db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
-        _unlink(self.blob_path(info.blob))  # after COMMIT, outside the lock (see _replace)
+        self._unlink_blob(info.blob)  # after COMMIT, outside the lock (see _replace)
         return info
 
     def copy(self, src: ObjectInfo, bucket: str, key: str, *,
@@ -653,6 +788,18 @@ class ObjectStore:
         content_type, metadata and headers is replaced when given, else copied.
         NoSuchKey if `src` was replaced or deleted since it was read."""
         check_key(key)
+        blob = "" if src.inline is not None else self._link_copy(src)
+        info = ObjectInfo(
+            bucket=bucket, key=key, size=src.size, etag=src.etag, last_modified=time.time(),
+            content_type=src.content_type if content_type is None else content_type,
+            metadata=dict(src.metadata if metadata is None else metadata),
+            headers=dict(src.headers if headers is None else headers),
+            checksums=dict(src.checksums), parts=list(src.parts), blob=blob,
+            inline=src.inline)
+        return self._replace(info, check)
+
+    def _link_copy(self, src: ObjectInfo) -> str:
+        """A new blob with `src`'s bytes (a hard link where possible); its id."""
         blob = secrets.token_hex(16)
         sub = self.blobs / blob[:2]
         sub.mkdir(exist_ok=True)
@@ -669,13 +816,7 @@ class ObjectStore:
             raise no_such_key(src.key) from None
         if self.sync:
             _fsync_dir(sub)
-        info = ObjectInfo(
-            bucket=bucket, key=key, size=src.size, etag=src.etag, last_modified=time.time(),
-            content_type=src.content_type if content_type is None else content_type,
-            metadata=dict(src.metadata if metadata is None else metadata),
-            headers=dict(src.headers if headers is None else headers),
-            checksums=dict(src.checksums), parts=list(src.parts), blob=blob)
-        return self._replace(info, check)
+        return blob
 
     def _copy_file(self, source: Path, dest: Path) -> None:
         tmp = self.tmp / secrets.token_hex(16)
@@ -698,56 +839,56 @@ class ObjectStore:
         are skipped with one indexed query. A common prefix <= start_after is not
         repeated (a continuation from it, or from a key inside it, resumes after it).
         """
-        with self._lock:
-            self._require_bucket(self._db, bucket)
-            if max_keys <= 0:
-                return ListPage([], [], False, "")
-            upper = prefix_end(prefix) if prefix else None
-            # The cursor: keys > after (or >= after when inclusive).
-            after, inclusive = start_after, False
-            if prefix > start_after:
-                after, inclusive = prefix, True
-            objects: list[ObjectInfo] = []
-            prefixes: list[str] = []
-            last = ""
-            count = 0
-            while True:
-                sql = (f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key "
-                       f"{'>=' if inclusive else '>'} ?")
-                args: list[Any] = [bucket, after]
-                if upper is not None:
-                    sql += " AND key < ?"
-                    args.append(upper)
-                sql += " ORDER BY key LIMIT ?"
-                args.append(max_keys - count + 1)  # one more row says "truncated"
-                cursor = self._db.execute(sql, args)
-                jumped = False
-                for row in cursor:
-                    if count == max_keys:
+        db = self._reader()
+        self._require_bucket(db, bucket)
+        if max_keys <= 0:
+            return ListPage([], [], False, "")
+        upper = prefix_end(prefix) if prefix else None
+        # The cursor: keys > after (or >= after when inclusive).
+        after, inclusive = start_after, False
+        if prefix > start_after:
+            after, inclusive = prefix, True
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last = ""
+        count = 0
+        while True:
+            sql = (f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key "
+                   f"{'>=' if inclusive else '>'} ?")
+            args: list[Any] = [bucket, after]
+            if upper is not None:
+                sql += " AND key < ?"
+                args.append(upper)
+            sql += " ORDER BY key LIMIT ?"
+            args.append(max_keys - count + 1)  # one more row says "truncated"
+            cursor = db.execute(sql, args)
+            jumped = False
+            for row in cursor:
+                if count == max_keys:
+                    cursor.close()
+                    return ListPage(objects, prefixes, True, last)
+                key: str = row[1]
+                if delimiter:
+                    i = key.find(delimiter, len(prefix))
+                    if i >= 0:
+                        common = key[:i + len(delimiter)]
+                        if common > start_after:
+                            prefixes.append(common)
+                            last = common
+                            count += 1
                         cursor.close()
-                        return ListPage(objects, prefixes, True, last)
-                    key: str = row[1]
-                    if delimiter:
-                        i = key.find(delimiter, len(prefix))
-                        if i >= 0:
-                            common = key[:i + len(delimiter)]
-                            if common > start_after:
-                                prefixes.append(common)
-                                last = common
-                                count += 1
-                            cursor.close()
-                            end = prefix_end(common)
-                            if end is None:
-                                return ListPage(objects, prefixes, False, last)
-                            # Skip every key under the common prefix with one seek.
-                            after, inclusive, jumped = end, True, True
-                            break
-                    objects.append(_object(row))
-                    last = key
-                    count += 1
-                    after, inclusive = key, False
-                if not jumped:  # fewer rows than the LIMIT: nothing more
-                    return ListPage(objects, prefixes, False, last)
+                        end = prefix_end(common)
+                        if end is None:
+                            return ListPage(objects, prefixes, False, last)
+                        # Skip every key under the common prefix with one seek.
+                        after, inclusive, jumped = end, True, True
+                        break
+                objects.append(_object(row))
+                last = key
+                count += 1
+                after, inclusive = key, False
+            if not jumped:  # fewer rows than the LIMIT: nothing more
+                return ListPage(objects, prefixes, False, last)
 
     # -- multipart uploads --------------------------------------------------------------
 
@@ -773,8 +914,7 @@ class ObjectStore:
         return _upload(row)
 
     def upload(self, upload_id: str) -> Upload:
-        with self._lock:
-            return self._get_upload(self._db, upload_id)
+        return self._get_upload(self._reader(), upload_id)
 
     def put_part(self, upload_id: str, number: int, writer: BlobWriter, *,
                  checksums: dict[str, str] | None = None) -> PartInfo:
@@ -905,41 +1045,40 @@ class ObjectStore:
                      max_uploads: int = 1000) -> tuple[list[Upload], bool]:
         """In-progress uploads sorted by key, then by initiation; S3 marker semantics:
         after key_marker, or (with upload_id_marker) after that upload of key_marker."""
-        with self._lock:
-            self._require_bucket(self._db, bucket)
-            if max_uploads <= 0:
-                return [], False
-            seq = None
-            if key_marker and upload_id_marker:
-                row = self._db.execute("SELECT seq FROM uploads WHERE id = ? AND bucket = ? "
-                                       "AND key = ?", (upload_id_marker, bucket,
-                                                       key_marker)).fetchone()
-                seq = row[0] if row else None
-            if seq is not None:
-                where = "(key > ? OR (key = ? AND seq > ?))"
-                args: list[Any] = [key_marker, key_marker, seq]
-            else:
-                where, args = "key > ?", [key_marker]
-            sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE bucket = ? AND {where}"
-            args.insert(0, bucket)
-            within, bounds = _prefix_range("key", prefix)
-            sql += within
-            args += bounds
-            sql += " ORDER BY key, seq LIMIT ?"
-            args.append(max_uploads + 1)
-            rows = self._db.execute(sql, args).fetchall()
+        db = self._reader()
+        self._require_bucket(db, bucket)
+        if max_uploads <= 0:
+            return [], False
+        seq = None
+        if key_marker and upload_id_marker:
+            row = db.execute("SELECT seq FROM uploads WHERE id = ? AND bucket = ? AND key = ?",
+                             (upload_id_marker, bucket, key_marker)).fetchone()
+            seq = row[0] if row else None
+        if seq is not None:
+            where = "(key > ? OR (key = ? AND seq > ?))"
+            args: list[Any] = [key_marker, key_marker, seq]
+        else:
+            where, args = "key > ?", [key_marker]
+        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE bucket = ? AND {where}"
+        args.insert(0, bucket)
+        within, bounds = _prefix_range("key", prefix)
+        sql += within
+        args += bounds
+        sql += " ORDER BY key, seq LIMIT ?"
+        args.append(max_uploads + 1)
+        rows = db.execute(sql, args).fetchall()
         return [_upload(r) for r in rows[:max_uploads]], len(rows) > max_uploads
 
     def list_parts(self, upload_id: str, *, part_number_marker: int = 0,
                    max_parts: int = 1000) -> tuple[list[PartInfo], bool]:
-        with self._lock:
-            self._get_upload(self._db, upload_id)
-            if max_parts <= 0:
-                return [], False
-            rows = self._db.execute(
-                "SELECT number, etag, size, last_modified, checksums FROM parts "
-                "WHERE upload_id = ? AND number > ? ORDER BY number LIMIT ?",
-                (upload_id, part_number_marker, max_parts + 1)).fetchall()
+        db = self._reader()
+        self._get_upload(db, upload_id)
+        if max_parts <= 0:
+            return [], False
+        rows = db.execute(
+            "SELECT number, etag, size, last_modified, checksums FROM parts "
+            "WHERE upload_id = ? AND number > ? ORDER BY number LIMIT ?",
+            (upload_id, part_number_marker, max_parts + 1)).fetchall()
         return [_part(r) for r in rows[:max_parts]], len(rows) > max_parts
 
 

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import email.utils
 import functools
+import itertools
 import logging
 import re
 import secrets
@@ -258,6 +259,9 @@ class S3Server:
         # Disk work (fsyncs, hashing, big reads, multipart joins) gets threads of its own,
         # so a burst of uploads cannot starve the rest of CloudLand's default executor.
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="s3")
+        # Request ids: unique per server run, no system call per request.
+        self._id_prefix = secrets.token_hex(4).upper()
+        self._ids = itertools.count(1)
 
     def _thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitable[T]:
         """Run blocking storage work on the S3 server's own threads."""
@@ -290,7 +294,7 @@ class S3Server:
     # ---- the one handler --------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = secrets.token_hex(8).upper()
+        request_id = f"{self._id_prefix}{next(self._ids):08X}"
         resource = request.rel_url.raw_path
         try:
             call = self._call(request, request_id)
@@ -599,9 +603,13 @@ class S3Server:
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
         _check_version(call.query)
-        # Look up and open in one step: a PUT replacing the key meanwhile cannot make
-        # the blob vanish between the two (an open file stays readable).
-        info, blob = await self._thread(self.store.open_object, call.bucket, call.key)
+        # A small body comes with its row (one indexed read, fine on the loop); a file is
+        # opened in a thread, by open_object, which also copes with a PUT replacing it.
+        info = self.store.head(call.bucket, call.key)
+        if info.inline is not None:
+            blob = self.store.open_blob(info)
+        else:
+            info, blob = await self._thread(self.store.open_object, call.bucket, call.key)
         try:
             return await self._send_object(call, info, blob)
         finally:
@@ -634,7 +642,11 @@ class S3Server:
             for name in [h for h in headers if h.startswith("x-amz-checksum-")]:
                 del headers[name]
         headers["Content-Length"] = str(length)
-        response = web.StreamResponse(status=206 if partial else 200, headers=headers)
+        status = 206 if partial else 200
+        if call.method != "HEAD" and length <= SMALL_READ:  # headers and body in one write
+            blob.seek(start)
+            return web.Response(status=status, headers=headers, body=blob.read(length))
+        response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(call.request)
         if call.method == "HEAD":
             return response

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -119,7 +120,9 @@ def uri_encode(value: str | bytes, *, encode_slash: bool = True) -> str:
     return quote(value, safe="" if encode_slash else "/")
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
+    """The day's key for a scope: four HMACs, so kept (a key signs a day's requests)."""
     key = _hmac(("AWS4" + secret).encode(), date)
     key = _hmac(key, region)
     key = _hmac(key, service)
