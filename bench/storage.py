@@ -8,6 +8,11 @@ boto3 client code (`signature_version="s3v4"`, path-style addressing):
 - 4 KiB PUT+GET: THREADS threads, each with its own boto3 client and its own keys,
   each op a PUT of a 4 KiB object then a GET of it (body read), closed loop for
   SMALL_S seconds after a short warm-up. One op = one PUT + one GET.
+- the same with a lean client: wrk (C, WRK_CONNECTIONS keep-alive connections)
+  replaying SigV4-presigned PUT and GET URLs of KEYS_LEAN keys, alternating PUT and
+  GET; op = two requests. boto3 costs ~3 ms of CPU per op, more than either server
+  here, so on two cores the boto3 row measures mostly boto3; this one measures the
+  servers (each request is still signature-checked by CloudLand, moto checks none).
 - 64 MiB PUT / GET MB/s: `put_object` of a 64 MiB file opened from disk, then
   `get_object` streamed (1 MiB chunks) into a sink; best of BIG_RUNS. The second
   baseline is `shutil.copyfile` of the same file in the same temporary directory
@@ -51,6 +56,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from bench.gateway import parse_wrk, wrk_binary
 from bench.harness import Daemon, Row, _children, child_env, daemon, failed, tree_rss_kib
 from cloudland.runtime.ports import free_port
 
@@ -58,6 +64,9 @@ THREADS = 8
 SMALL = 4 * 1024
 SMALL_S = 3.0
 WARMUP_S = 0.5
+WRK_CONNECTIONS = 8
+WRK_S = 5
+KEYS_LEAN = 64
 BIG = 64 * 1024 * 1024
 BIG_RUNS = 3
 LIST_KEYS = 10_000
@@ -248,6 +257,62 @@ def small_ops(url: str, key: str, secret: str, bucket: str,
         raise RuntimeError(errors[0])
     ops = sum(counts)
     return ops / elapsed, cpu / elapsed, 1000 * server_cpu / max(ops, 1)
+
+
+# wrk replays the presigned requests listed in a file, one "METHOD PATH" per line,
+# cycling through them; every PUT sends the same 4 KiB body.
+WRK_SCRIPT = """
+local requests = {}
+local i = 0
+local body = string.rep("b", SIZE)
+function init(args)
+  for line in io.lines(args[1]) do table.insert(requests, line) end
+end
+function request()
+  i = i % #requests + 1
+  local method, path = requests[i]:match("(%S+) (%S+)")
+  if method == "PUT" then
+    return wrk.format("PUT", path, {["Content-Length"] = "SIZE"}, body)
+  end
+  return wrk.format("GET", path)
+end
+""".replace("SIZE", str(SMALL))
+
+
+def lean_small_ops(client: Any, bucket: str, server_pid: int) -> tuple[float, float, str]:
+    """PUT+GET pairs per second driven by wrk over presigned URLs; server CPU-ms per op;
+    wrk's latency line."""
+    lines = []
+    for n in range(KEYS_LEAN):
+        key = f"lean/{n}"
+        client.put_object(Bucket=bucket, Key=key, Body=b"b" * SMALL)  # GETs never miss
+        for method, op in (("PUT", "put_object"), ("GET", "get_object")):
+            url = urllib.parse.urlsplit(client.generate_presigned_url(
+                op, Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600))
+            lines.append(f"{method} {url.path}?{url.query}")
+    endpoint = client.meta.endpoint_url
+    with tempfile.TemporaryDirectory(prefix="bench-s3-wrk-") as tmp:
+        (Path(tmp) / "requests").write_text("\n".join(lines) + "\n")
+        (Path(tmp) / "script.lua").write_text(WRK_SCRIPT)
+
+        def run(seconds: float) -> tuple[Any, float, float]:
+            cpu0, start = tree_cpu_s(server_pid), time.perf_counter()
+            proc = subprocess.run(
+                [wrk_binary(), "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
+                 "-s", f"{tmp}/script.lua", endpoint, "--", f"{tmp}/requests"],
+                capture_output=True, text=True, timeout=seconds + 30)
+            if proc.returncode != 0:
+                raise RuntimeError(f"wrk exited {proc.returncode}: {proc.stderr[-300:]}")
+            return (parse_wrk(proc.stdout), time.perf_counter() - start,
+                    tree_cpu_s(server_pid) - cpu0)
+
+        run(1)  # warm-up
+        load, _, cpu = run(WRK_S)
+    if load.errors:
+        raise RuntimeError(f"wrk saw failures: {load.errors}")
+    ops = load.requests / 2
+    return (load.rps / 2, 1000 * cpu / max(ops, 1),
+            f"p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms per request")
 
 
 def big_put_get(client: Any, bucket: str, path: Path) -> tuple[float, float]:
@@ -469,6 +534,18 @@ def measure() -> list[Row]:
                     Row("  server CPU per 4 KiB op", cl_cpu, "ms", mo_cpu, "moto", None, "max",
                         note)]
         _try(rows, "S3 4 KiB PUT+GET", "op/s", small)
+
+        def lean() -> list[Row]:
+            cl, cl_cpu, cl_lat = lean_small_ops(clients["cloudland"], "bench", pids["cloudland"])
+            mo, mo_cpu, mo_lat = lean_small_ops(clients["moto"], "bench", pids["moto"])
+            note = (f"wrk -t1 -c{WRK_CONNECTIONS}, {WRK_S} s after a 1 s warm-up, replaying "
+                    f"presigned PUT and GET URLs of {KEYS_LEAN} keys of 4 KiB; op = PUT + GET; "
+                    f"CloudLand {cl_lat}, moto {mo_lat}")
+            return [Row("S3 4 KiB PUT+GET (wrk, presigned)", cl, "op/s", mo, "moto", 5 * mo,
+                        "min", note),
+                    Row("  server CPU per op (wrk)", cl_cpu, "ms", mo_cpu, "moto", None, "max",
+                        note)]
+        _try(rows, "S3 4 KiB PUT+GET (wrk)", "op/s", lean)
 
         def big() -> list[Row]:
             workdir = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=server.home.parent))

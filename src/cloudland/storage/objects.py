@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -481,6 +482,8 @@ class ObjectStore:
                 self._db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._buckets = {row[0]: _bucket(row) for row in self._db.execute(
+            "SELECT name, created, region, public_read FROM buckets")}
         self._recover()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -663,32 +666,40 @@ class ObjectStore:
 
     # -- buckets ----------------------------------------------------------------------
 
+    # Buckets are few and change rarely, and only through this store (one per root), so
+    # they are also kept in memory: `bucket`, asked on every request, reads no database.
+
     def create_bucket(self, name: str, region: str = "us-east-1") -> BucketInfo:
         info = BucketInfo(name=name, created=time.time(), region=region, public_read=False)
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone():
-                raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the "
-                              "named bucket succeeded and you already own it.", 409,
-                              BucketName=name)
-            db.execute("INSERT INTO buckets VALUES (?, ?, ?, 0)", (name, info.created, region))
+        with self._lock:
+            with self._tx() as db:
+                if db.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone():
+                    raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create "
+                                  "the named bucket succeeded and you already own it.", 409,
+                                  BucketName=name)
+                db.execute("INSERT INTO buckets VALUES (?, ?, ?, 0)",
+                           (name, info.created, region))
+            self._buckets[name] = info
         return info
 
     def delete_bucket(self, name: str) -> None:
-        with self._tx() as db:
-            self._require_bucket(db, name)
-            if (db.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone()
-                    or db.execute("SELECT 1 FROM uploads WHERE bucket = ? LIMIT 1",
-                                  (name,)).fetchone()):
-                raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty",
-                              409, BucketName=name)
-            db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        with self._lock:
+            with self._tx() as db:
+                self._require_bucket(db, name)
+                if (db.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1",
+                               (name,)).fetchone()
+                        or db.execute("SELECT 1 FROM uploads WHERE bucket = ? LIMIT 1",
+                                      (name,)).fetchone()):
+                    raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not "
+                                  "empty", 409, BucketName=name)
+                db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+            self._buckets.pop(name, None)
 
     def bucket(self, name: str) -> BucketInfo:
-        row = self._reader().execute("SELECT name, created, region, public_read FROM buckets "
-                                     "WHERE name = ?", (name,)).fetchone()
-        if row is None:
+        info = self._buckets.get(name)
+        if info is None:
             raise no_such_bucket(name)
-        return _bucket(row)
+        return info
 
     def list_buckets(self, *, prefix: str = "", start_after: str = "",
                      max_buckets: int = 10000) -> tuple[list[BucketInfo], bool]:
@@ -705,10 +716,12 @@ class ObjectStore:
         return [_bucket(r) for r in rows[:max_buckets]], len(rows) > max_buckets
 
     def set_public_read(self, name: str, public: bool) -> None:
-        with self._tx() as db:
-            if db.execute("UPDATE buckets SET public_read = ? WHERE name = ?",
-                          (int(public), name)).rowcount == 0:
-                raise no_such_bucket(name)
+        with self._lock:
+            with self._tx() as db:
+                if db.execute("UPDATE buckets SET public_read = ? WHERE name = ?",
+                              (int(public), name)).rowcount == 0:
+                    raise no_such_bucket(name)
+            self._buckets[name] = dataclasses.replace(self._buckets[name], public_read=public)
 
     # -- objects ----------------------------------------------------------------------
 
