@@ -37,6 +37,7 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import io
 import itertools
@@ -195,8 +196,7 @@ class BlobWriter:
 
     def __init__(self, tmp_dir: Path, checksums: tuple[str, ...] = (), *,
                  inline_max: int = 0) -> None:
-        self.id = secrets.token_hex(16)
-        self.path = tmp_dir / self.id
+        self._tmp_dir = tmp_dir
         self.size = 0
         self._inline_max = inline_max
         self._memory: bytearray | None = bytearray() if inline_max > 0 else None
@@ -205,6 +205,15 @@ class BlobWriter:
         self._hashes = {name.lower(): _hasher(name.lower()) for name in checksums
                         if name.lower() in SUPPORTED_CHECKSUMS}
         self._closed = False
+
+    @functools.cached_property
+    def id(self) -> str:
+        """The blob's name, once it needs a file (a body kept inline never does)."""
+        return secrets.token_hex(16)
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return self._tmp_dir / self.id
 
     def _open(self) -> BinaryIO:
         file: BinaryIO = open(self.path, "xb", buffering=256 * 1024)  # noqa: SIM115

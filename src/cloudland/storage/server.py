@@ -108,7 +108,12 @@ def check_bucket_name(name: str) -> str:
 
 
 def http_date(when: float) -> str:
-    return email.utils.formatdate(when, usegmt=True)
+    return _http_date(int(when))
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:  # objects are often read many times: format once
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 def quoted(etag: str) -> str:

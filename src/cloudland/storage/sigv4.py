@@ -115,9 +115,16 @@ class Verified:
 # --------------------------------------------------------------------------- helpers
 
 
+_UNRESERVED = re.compile(rb"[A-Za-z0-9_.~-]*")
+_UNRESERVED_PATH = re.compile(rb"[A-Za-z0-9_.~/-]*")
+
+
 def uri_encode(value: str | bytes, *, encode_slash: bool = True) -> str:
     """AWS's UriEncode: every byte but A-Z a-z 0-9 - _ . ~ (and `/` if asked) as %XY."""
-    return quote(value, safe="" if encode_slash else "/")
+    raw = value.encode() if isinstance(value, str) else value
+    if (_UNRESERVED if encode_slash else _UNRESERVED_PATH).fullmatch(raw):
+        return raw.decode("ascii")  # the usual case: nothing to encode
+    return quote(raw, safe="" if encode_slash else "/")
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,7 +164,7 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
 def _decode(part: str, plus_is_space: bool) -> bytes:
     if plus_is_space:
         part = part.replace("+", " ")
-    return unquote_to_bytes(part)
+    return unquote_to_bytes(part) if "%" in part else part.encode()
 
 
 def _parse_query(query: str) -> list[tuple[str, str]]:
@@ -167,8 +174,8 @@ def _parse_query(query: str) -> list[tuple[str, str]]:
         if not piece:
             continue
         name, _, value = piece.partition("=")
-        pairs.append((unquote_to_bytes(name).decode("utf-8", "replace"),
-                      unquote_to_bytes(value).decode("utf-8", "replace")))
+        pairs.append((_decode(name, False).decode("utf-8", "replace"),
+                      _decode(value, False).decode("utf-8", "replace")))
     return pairs
 
 
