@@ -1,12 +1,15 @@
 """S3's XML: building response documents and reading request bodies safely.
 
 Responses are built from nested (tag, value) pairs so each handler reads like the
-document it returns. Request bodies are bounded by the caller, refused if they
-declare a DOCTYPE (no entity tricks), and any parse error is MalformedXML.
+document it returns; they are written as text directly (what ElementTree would write,
+several times faster: a listing of 1,000 keys is ~6,000 elements). Request bodies are
+bounded by the caller, refused if they declare a DOCTYPE (no entity tricks), and any
+parse error is MalformedXML.
 """
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -18,41 +21,64 @@ NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 Node = tuple[str, Any]  # (tag, text | number | bool | None | list of Nodes)
 
 
+HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
 def iso8601(when: float) -> str:
     """'2026-11-25T15:00:00.000Z', as S3 writes times in XML."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{int(when * 1000) % 1000:03d}Z"
+    return f"{_iso_seconds(int(when))}.{int(when * 1000) % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:  # listings repeat the same seconds a lot
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    text = str(value)
+    if "&" in text or "<" in text or ">" in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
-def _fill(parent: ET.Element, nodes: Iterable[Node]) -> None:
+def _write(out: list[str], nodes: Iterable[Node]) -> None:
     for tag, value in nodes:
         if value is None:
             continue
-        child = ET.SubElement(parent, tag)
         if isinstance(value, list):
-            _fill(child, value)
+            if any(v is not None for _, v in value):
+                out.append(f"<{tag}>")
+                _write(out, value)
+                out.append(f"</{tag}>")
+            else:
+                out.append(f"<{tag} />")
         else:
-            child.text = _text(value)
+            text = _text(value)
+            out.append(f"<{tag}>{text}</{tag}>" if text else f"<{tag} />")
+
+
+def _element(root: str, attributes: str, nodes: Iterable[Node]) -> bytes:
+    out: list[str] = []
+    _write(out, nodes)
+    body = "".join(out)
+    if body:
+        return f"{HEADER}<{root}{attributes}>{body}</{root}>".encode()
+    return f"{HEADER}<{root}{attributes} />".encode()
 
 
 def document(root: str, nodes: Iterable[Node]) -> bytes:
     """An S3 XML document: `<root xmlns=...>` holding `nodes` (None values are left out)."""
-    element = ET.Element(root, xmlns=NAMESPACE)
-    _fill(element, nodes)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
+    return _element(root, f' xmlns="{NAMESPACE}"', nodes)
 
 
 def text_document(root: str, text: str | None) -> bytes:
     """`<root xmlns=...>text</root>` (empty when `text` is None), escaped."""
-    element = ET.Element(root, xmlns=NAMESPACE)
-    element.text = text
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
+    body = _text(text) if text else ""
+    if body:
+        return f'{HEADER}<{root} xmlns="{NAMESPACE}">{body}</{root}>'.encode()
+    return f'{HEADER}<{root} xmlns="{NAMESPACE}" />'.encode()
 
 
 def error_document(err: S3Error, request_id: str) -> bytes:
@@ -61,9 +87,7 @@ def error_document(err: S3Error, request_id: str) -> bytes:
     if err.resource:
         nodes.append(("Resource", err.resource))
     nodes.append(("RequestId", request_id))
-    element = ET.Element("Error")
-    _fill(element, nodes)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
+    return _element("Error", "", nodes)
 
 
 def parse(body: bytes) -> ET.Element:

@@ -1,0 +1,59 @@
+"""S3 XML documents are written as text: exactly what ElementTree writes, parsed back whole."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from cloudland.storage import s3xml
+from cloudland.storage.errors import S3Error
+
+
+def _reference(root: str, nodes: list[s3xml.Node], attrs: dict[str, str]) -> bytes:
+    def fill(parent: ET.Element, items: list[s3xml.Node]) -> None:
+        for tag, value in items:
+            if value is None:
+                continue
+            child = ET.SubElement(parent, tag)
+            if isinstance(value, list):
+                fill(child, value)
+            else:
+                child.text = ("true" if value else "false") if isinstance(value, bool) \
+                    else str(value)
+    element = ET.Element(root, **attrs)
+    fill(element, nodes)
+    return s3xml.HEADER.encode() + ET.tostring(element, encoding="utf-8")
+
+
+AWKWARD: list[Any] = ["a & b", "<key>", "x > y", '"quoted"', "it's", "é 東京 🚀", "", "  spaced ",
+                      "tab\there", "&amp; already", 0, 1234567890123, True, False]
+
+
+def test_documents_match_elementtree_byte_for_byte() -> None:
+    nodes: list[s3xml.Node] = [("Name", "bucket"), ("Skipped", None), ("Empty", ""),
+                               ("Nothing", []), ("OnlyNone", [("A", None)])]
+    nodes += [("Contents", [("Key", v), ("Size", 3), ("Owner", [("ID", "x")])]) for v in AWKWARD]
+    nodes += [("Nested", [("Deeper", [("Deepest", v)])]) for v in AWKWARD]
+    assert s3xml.document("ListBucketResult", nodes) == _reference(
+        "ListBucketResult", nodes, {"xmlns": s3xml.NAMESPACE})
+    assert s3xml.document("Empty", []) == _reference("Empty", [], {"xmlns": s3xml.NAMESPACE})
+    for text in [None, "", "us-west-2", "a&b<c>"]:
+        element = ET.Element("LocationConstraint", xmlns=s3xml.NAMESPACE)
+        element.text = text
+        assert s3xml.text_document("LocationConstraint", text) == \
+            s3xml.HEADER.encode() + ET.tostring(element, encoding="utf-8")
+
+
+def test_error_document_parses_back() -> None:
+    err = S3Error("NoSuchKey", "The specified key does not exist.", 404, Key="a&<b>")
+    err.resource = "/bucket/a&<b>"
+    root = ET.fromstring(s3xml.error_document(err, "REQ1"))
+    assert root.tag == "Error"
+    assert [(c.tag, c.text) for c in root] == [
+        ("Code", "NoSuchKey"), ("Message", "The specified key does not exist."),
+        ("Key", "a&<b>"), ("Resource", "/bucket/a&<b>"), ("RequestId", "REQ1")]
+
+
+def test_iso8601_keeps_milliseconds() -> None:
+    assert s3xml.iso8601(0) == "1970-01-01T00:00:00.000Z"
+    assert s3xml.iso8601(1795625650.987) == "2026-11-25T16:54:10.987Z"
