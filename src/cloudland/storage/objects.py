@@ -41,7 +41,6 @@ import functools
 import hashlib
 import io
 import itertools
-import json
 import os
 import secrets
 import shutil
@@ -54,6 +53,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import orjson
 
 from cloudland.storage.errors import (
     S3Error,
@@ -351,7 +352,7 @@ def _loads(text: str) -> Any:
         return {}
     if text == "[]":
         return []
-    return json.loads(text)
+    return orjson.loads(text)
 
 
 def _object(row: tuple[Any, ...]) -> ObjectInfo:
@@ -380,19 +381,19 @@ def _bucket(row: tuple[Any, ...]) -> BucketInfo:
 
 def _upload(row: tuple[Any, ...]) -> Upload:
     return Upload(id=row[0], bucket=row[1], key=row[2], initiated=row[3], content_type=row[4],
-                  metadata=json.loads(row[5]), headers=json.loads(row[6]),
+                  metadata=_loads(row[5]), headers=_loads(row[6]),
                   checksums_algorithm=row[7])
 
 
 def _part(row: tuple[Any, ...]) -> PartInfo:
     return PartInfo(number=row[0], etag=row[1], size=row[2], last_modified=row[3],
-                    checksums=json.loads(row[4]))
+                    checksums=_loads(row[4]))
 
 
 def _dumps(value: object) -> str:
     if not value and isinstance(value, dict | list):  # the usual case: skip the encoder
         return "[]" if isinstance(value, list) else "{}"
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 def _prefix_range(column: str, prefix: str) -> tuple[str, list[Any]]:

@@ -34,7 +34,7 @@ from cloudland.storage import s3xml
 from cloudland.storage.errors import S3Error, invalid_argument, no_such_upload, precondition_failed
 from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, Upload, check_key
 from cloudland.storage.s3xml import Node, document, iso8601
-from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, verify
+from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, uri_encode, verify
 
 log = logging.getLogger("cloudland.s3")
 T = TypeVar("T")
@@ -951,7 +951,7 @@ def _encoder(query: Mapping[str, str]) -> Callable[[str], str]:
     if kind != "url":
         raise invalid_argument("Invalid Encoding Method specified in Request",
                                "encoding-type", kind)
-    return lambda s: urllib.parse.quote(s, safe="/")
+    return functools.partial(uri_encode, encode_slash=False)  # as quote(s, safe="/")
 
 
 def _int_value(value: str, name: str, low: int, high: int | None) -> int:
