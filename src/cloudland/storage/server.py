@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import functools
 import itertools
@@ -573,37 +574,69 @@ class S3Server:
         # Content-MD5 and checksums in its query count as if sent as headers).
         verifier = PayloadVerifier(call.verified, signed_headers(call))
         writer = self.store.writer()
-        pending: asyncio.Future[None] | None = None
+        content = request.content
+        # Blocks of about CHUNK go down a two-stage pipeline while the loop reads the
+        # next: one thread checks them (PayloadVerifier: aws-chunked decoding, SHA-256,
+        # checksums) and MD5s the decoded bytes, another writes those bytes to the file.
+        # hashlib and file writes release the GIL, so the stages overlap each other and
+        # the loop. Pieces are passed as received (a list), never joined or copied.
+        hashing: asyncio.Future[list[bytes]] | None = None
+        writing: asyncio.Future[None] | None = None
         try:
-            # Hashing (MD5 for the ETag, SHA-256 and checksums for the signature) runs
-            # in a thread, one megabyte at a time, while the loop reads the next one;
-            # hashlib releases the GIL, so the two overlap. Small bodies stay inline.
-            buffer = bytearray()
-            async for chunk in request.content.iter_chunked(CHUNK):
-                buffer += chunk
-                if len(buffer) >= CHUNK:
-                    if pending is not None:
-                        await pending
-                    block, buffer = bytes(buffer), bytearray()
-                    pending = asyncio.ensure_future(
-                        self._thread(_absorb, verifier, writer, block, limit))
-            if pending is not None:
-                await pending
-                pending = None
-            _absorb(verifier, writer, bytes(buffer), limit)
+            with contextlib.suppress(AttributeError):  # aiohttp >= 3.14: buffer a block
+                content.set_read_chunk_size(CHUNK)
+            pieces: list[bytes] = []
+            size = 0
+            while True:
+                piece, _ = await content.readchunk()
+                if piece:
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size < CHUNK:
+                        continue
+                elif not content.at_eof():
+                    continue  # the end of an HTTP chunk, not of the body
+                if not piece and size <= SMALL_READ and writing is None:
+                    # A small body (or the tail of one): not worth a thread hop.
+                    _absorb(verifier, writer, pieces, limit)
+                    break
+                if writing is not None:
+                    await writing
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(
+                    self._thread(_check_and_hash, verifier, writer, pieces))
+                writing = asyncio.ensure_future(self._store_after(
+                    hashing if verifier.chunked else pieces, writer, limit))
+                if not piece:
+                    break
+                pieces, size = [], 0
+            if writing is not None:
+                await writing
+                await hashing  # type: ignore[misc]
+                hashing = writing = None
             if request.content_length is not None and \
-                    request.content.total_bytes < request.content_length:
-                raise _incomplete(request.content_length, request.content.total_bytes)
+                    content.total_bytes < request.content_length:
+                raise _incomplete(request.content_length, content.total_bytes)
             verifier.finish()
         except BaseException as exc:
-            if pending is not None:  # let the thread finish with the file before removing it
-                await asyncio.gather(pending, return_exceptions=True)
+            # Let the threads finish with the file before removing it.
+            running = [f for f in (hashing, writing) if f is not None]
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
             writer.abort()
             if isinstance(exc, ConnectionResetError):  # the client hung up mid-body
                 raise _incomplete(request.content_length or declared,
-                                  request.content.total_bytes) from None
+                                  content.total_bytes) from None
             raise
         return writer, verifier
+
+    async def _store_after(self, hashed: Awaitable[list[bytes]] | list[bytes],
+                           writer: BlobWriter, limit: int) -> None:
+        """Write a block's decoded bytes (once the hashing stage has decoded them)."""
+        data = hashed if isinstance(hashed, list) else await hashed
+        if data:
+            await self._thread(_store, writer, data, limit)
 
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
@@ -991,13 +1024,29 @@ def _token(token: str) -> str:
                                "continuation-token", token) from None
 
 
-def _absorb(verifier: PayloadVerifier, writer: BlobWriter, block: bytes, limit: int) -> None:
-    """One block of a request body: signature checks, then into the blob."""
-    data = verifier.feed(block)
-    if data:
-        writer.write(data)
-        if writer.size > limit:
-            raise S3Error("EntityTooLarge", "Your upload exceeds the maximum allowed size", 400)
+def _check_and_hash(verifier: PayloadVerifier, writer: BlobWriter,
+                    pieces: list[bytes]) -> list[bytes]:
+    """Pieces of a request body through the signature checks; the decoded bytes, hashed
+    into the blob's MD5 (and checksums)."""
+    if verifier.chunked:
+        pieces = [d for d in map(verifier.feed, pieces) if d]
+    else:  # the body as sent: feed returns each piece itself
+        for p in pieces:
+            verifier.feed(p)
+    writer.hash(pieces)
+    return pieces
+
+
+def _store(writer: BlobWriter, pieces: list[bytes], limit: int) -> None:
+    writer.store(pieces)
+    if writer.size > limit:
+        raise S3Error("EntityTooLarge", "Your upload exceeds the maximum allowed size", 400)
+
+
+def _absorb(verifier: PayloadVerifier, writer: BlobWriter, pieces: list[bytes],
+            limit: int) -> None:
+    """Pieces of a request body: signature checks, then into the blob."""
+    _store(writer, _check_and_hash(verifier, writer, pieces), limit)
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
