@@ -157,3 +157,37 @@ def test_a_sigv2_presigned_put_enforces_the_digest_it_signed(
     assert put(b"something else") == 400  # BadDigest: the body is not what was signed
     assert put(b"expected") == 200
     assert s3.get_object(Bucket="digests", Key="d")["Body"].read() == b"expected"
+
+
+def _raw(url: str, request: bytes, then: bytes | None = None) -> list[bytes]:
+    """Send a raw request; if `then` is given, send it after the first reply. Replies."""
+    import socket
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(url)
+    replies = []
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(request)
+        replies.append(sock.recv(65536))
+        if then is not None:
+            sock.sendall(then)
+            replies.append(sock.recv(65536))
+    return replies
+
+
+def test_expect_100_continue_is_answered_before_the_body(s3_cloudland: Running,
+                                                         s3: Any) -> None:
+    """The client waits for "100 Continue" before sending an upload (boto3 does); an
+    expectation CloudLand cannot meet is refused with 417 before any body is read."""
+    s3.create_bucket(Bucket="expect")
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "expect", "Key": "k"})
+    _, _, host, path = url.split("/", 3)
+    head = (f"PUT /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n"
+            "Expect: 100-continue\r\n\r\n").encode()
+    first, final = _raw(str(s3_cloudland.state["s3"]), head, b"hello")
+    assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert (first[len(b"HTTP/1.1 100 Continue\r\n\r\n"):] + final).startswith(b"HTTP/1.1 200")
+    assert s3.get_object(Bucket="expect", Key="k")["Body"].read() == b"hello"
+    odd = head.replace(b"100-continue", b"something-else")
+    [refused] = _raw(str(s3_cloudland.state["s3"]), odd)
+    assert refused.startswith(b"HTTP/1.1 417") and b"<Code>ExpectationFailed</Code>" in refused

@@ -83,7 +83,7 @@ class EventSink(Protocol):
 class Call:
     """One request, parsed: who sent it, to which bucket and key, with which query."""
 
-    request: web.Request
+    request: web.BaseRequest
     bucket: str
     key: str
     query: Mapping[str, str]
@@ -261,7 +261,7 @@ class S3Server:
         self.domain = domain
         self.region = region
         self.events = events
-        self._runner: web.AppRunner | None = None
+        self._runner: web.BaseRunner | None = None
         # Disk work (fsyncs, hashing, big reads, multipart joins) gets threads of its own,
         # so a burst of uploads cannot starve the rest of CloudLand's default executor.
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="s3")
@@ -279,16 +279,17 @@ class S3Server:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_XML_BYTES, handler_args={
-            "max_line_size": 16384, "max_field_size": 16384})
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp's low-level server: every request goes to the one handler, without an
+        # application's router and middleware machinery on the way (S3's hot path).
+        server = web.Server(self.handle, access_log=None, max_line_size=16384,
+                            max_field_size=16384)
+        self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server
-        if server is not None and self.port == 0:
-            sockets = getattr(server, "sockets", None) or []
+        listening = site._server
+        if listening is not None and self.port == 0:
+            sockets = getattr(listening, "sockets", None) or []
             self.port = int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -299,10 +300,11 @@ class S3Server:
 
     # ---- the one handler --------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = f"{self._id_prefix}{next(self._ids):08X}"
         resource = request.rel_url.raw_path
         try:
+            await _continue(request)
             call = self._call(request, request_id)
             response = await self._dispatch(call)
         except S3Error as err:
@@ -327,7 +329,7 @@ class S3Server:
         response.headers.setdefault("Server", "CloudLand")
         return response
 
-    def _call(self, request: web.Request, request_id: str) -> Call:
+    def _call(self, request: web.BaseRequest, request_id: str) -> Call:
         raw_path = request.rel_url.raw_path
         raw_query = request.rel_url.raw_query_string
         query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
@@ -336,7 +338,7 @@ class S3Server:
                           self.credentials, virtual_bucket=bucket if virtual else None)
         return Call(request, bucket, key, query, verified, request_id)
 
-    def _locate(self, request: web.Request, raw_path: str) -> tuple[str, str, bool]:
+    def _locate(self, request: web.BaseRequest, raw_path: str) -> tuple[str, str, bool]:
         """(bucket, key, virtual-host style?) of a request."""
         host = (request.headers.get("Host") or "").rsplit(":", 1)[0].lower()
         suffix = "." + self.domain
@@ -1047,6 +1049,19 @@ def _absorb(verifier: PayloadVerifier, writer: BlobWriter, pieces: list[bytes],
             limit: int) -> None:
     """Pieces of a request body: signature checks, then into the blob."""
     _store(writer, _check_and_hash(verifier, writer, pieces), limit)
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (boto3 sends it with every upload) at once, as an
+    aiohttp application's router would: the client then sends the body, which is read
+    or drained, so the connection stays in step for its next request."""
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise S3Error("ExpectationFailed", "Only Expect: 100-continue is understood", 417,
+                      Header="Expect", HeaderValue=expect[:64])
+    await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
