@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudland.controllers import probes
+from cloudland.logfiles import tail
 from cloudland.runtime import Driver, ExitStatus, Handle, InstanceSpec, Limits, StartError
 from cloudland.runtime.ports import PortAllocator
 
@@ -97,17 +98,10 @@ def backoff_for(crashes: int) -> float:
     return 0.0 if crashes <= 1 else min(BACKOFF_START * 2 ** (crashes - 2), BACKOFF_CAP)
 
 
-def last_line(path: Path, limit: int = 4096) -> str:
+def last_line(path: Path) -> str:
     """The last non-empty line of a log, for exit messages."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(size - limit, 0))
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
+    found = tail(path, 1, window=4096, skip_blank=True)
+    return found[0][:300] if found else ""
 
 
 @dataclass

@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from cloudland.logfiles import tail
 from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atomic
 
 BOOTSTRAP_FILE = "bootstrap.json"
@@ -86,14 +87,7 @@ def admin_socket_path(run_dir: Path) -> Path:
 
 def log_tail(path: Path, lines: int = 20) -> str:
     """The last `lines` lines of a log file ('' if it does not exist)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(tail(path, lines))
 
 
 @dataclass(frozen=True)
