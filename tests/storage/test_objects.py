@@ -844,3 +844,69 @@ def test_large_multipart_is_streamed(store: ObjectStore, small_parts: int) -> No
         while block := f.read(1 << 20):
             digest.update(block)
     assert digest.hexdigest() == hashlib.md5(chunk * 128).hexdigest()
+
+
+# -- review fixes ----------------------------------------------------------------------
+
+
+def test_many_small_pieces_are_written_whole(store: ObjectStore) -> None:
+    """A slow or chunked upload arrives in many pieces: more than one writev takes."""
+    store.create_bucket("b")
+    w = store.writer()
+    pieces = [bytes([i % 251]) * 500 for i in range(objects_module._IOV_MAX + 77)]
+    w.store(pieces)
+    w.hash(pieces)
+    info = store.commit("b", "k", w)
+    assert read(store, info) == b"".join(pieces)
+    assert info.etag == hashlib.md5(b"".join(pieces)).hexdigest()
+
+
+def test_abort_waits_for_a_write_in_progress(store: ObjectStore,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler cancelled mid-upload aborts its writer while a thread may still be
+    writing: the abort waits, so the write never lands in a descriptor reused later."""
+    real = objects_module._write_pieces
+    writing = threading.Event()
+
+    def slow(fd: int, pieces: list[bytes]) -> None:
+        writing.set()
+        time.sleep(0.3)
+        real(fd, pieces)
+
+    monkeypatch.setattr(objects_module, "_write_pieces", slow)
+    w = store.writer()
+    w.spill()  # a file from the start
+    t = threading.Thread(target=w.store, args=([b"x" * 1000],))
+    t.start()
+    assert writing.wait(5)
+    w.abort()  # returns only once the write is done
+    victim = store.tmp.parent / "victim"
+    with open(victim, "wb") as f:
+        f.write(b"")
+    t.join(5)
+    assert victim.read_bytes() == b"" and tmp_files(store) == []
+    with pytest.raises(ValueError):
+        w.store([b"late"])
+
+
+def test_a_row_whose_file_is_gone_is_an_error_not_a_spin(store: ObjectStore) -> None:
+    store.create_bucket("b")
+    info = put(store, "b", "k", b"data")
+    os.unlink(store.blob_path(info.blob))  # e.g. lost with sync=False and a power cut
+    with pytest.raises(S3Error) as e:
+        store.open_object("b", "k")
+    assert code(e) == ("InternalError", 500) and info.blob in e.value.message
+
+
+def test_reader_connections_end_with_their_threads(inline_store: ObjectStore) -> None:
+    import gc
+
+    def read_once() -> None:
+        inline_store.list_buckets()
+
+    for _ in range(20):
+        t = threading.Thread(target=read_once)
+        t.start()
+        t.join()
+    gc.collect()
+    assert len(inline_store._readers) <= 1  # at most this thread's

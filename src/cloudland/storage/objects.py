@@ -187,10 +187,29 @@ WRITEBACK_EVERY = 8 * 1024 * 1024
 the disk works while the body arrives and the commit's fsync finds little left to do."""
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+"""The most buffers one writev takes (a slow or chunked upload arrives in many pieces)."""
+
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view.nbytes:
         view = view[os.write(fd, view):]
+
+
+def _write_pieces(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+    """All of `pieces` (at most _IOV_MAX) to `fd`, with one writev if the kernel takes it."""
+    if len(pieces) == 1:
+        _write_all(fd, pieces[0])
+        return
+    done = os.writev(fd, pieces)
+    for p in pieces:  # a short writev: the rest one piece at a time
+        size = p.nbytes if isinstance(p, memoryview) else len(p)
+        if done >= size:
+            done -= size
+            continue
+        _write_all(fd, memoryview(p)[done:])
+        done = 0
 
 
 def _unlink(path: Path | str) -> None:
@@ -236,6 +255,9 @@ class BlobWriter:
         self._hashes = {name.lower(): _hasher(name.lower()) for name in checksums
                         if name.lower() in SUPPORTED_CHECKSUMS}
         self._closed = False
+        # Held while bytes go to the file: closing it (abort) waits for a write in
+        # another thread, so no write can land in a descriptor reused meanwhile.
+        self._io = threading.Lock()
 
     @functools.cached_property
     def id(self) -> str:
@@ -273,29 +295,20 @@ class BlobWriter:
         memory or written to the file, counted in `size`. Together with `hash` of the
         same pieces it is `write`; the two may run at once in different threads (each
         in order), so writing the file and hashing overlap."""
-        if self._closed:
-            raise ValueError("write to a finished or aborted BlobWriter")
         n = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
-        if self._memory is not None and self.size + n > self._inline_max:
-            self.spill()
-        if self._memory is not None:
-            for p in pieces:
-                self._memory += p
-        else:
-            assert self._file is not None
-            fd = self._file.fileno()
-            if len(pieces) == 1:
-                _write_all(fd, pieces[0])
+        with self._io:
+            if self._closed:
+                raise ValueError("write to a finished or aborted BlobWriter")
+            if self._memory is not None and self.size + n > self._inline_max:
+                self.spill()
+            if self._memory is not None:
+                for p in pieces:
+                    self._memory += p
             else:
-                done = os.writev(fd, pieces)
-                if done < n:  # a short writev: the rest one piece at a time
-                    for p in pieces:
-                        size = p.nbytes if isinstance(p, memoryview) else len(p)
-                        if done >= size:
-                            done -= size
-                            continue
-                        _write_all(fd, memoryview(p)[done:])
-                        done = 0
+                assert self._file is not None
+                fd = self._file.fileno()
+                for at in range(0, len(pieces), _IOV_MAX):
+                    _write_pieces(fd, pieces[at:at + _IOV_MAX])
         self.size += n
         if self._writeback and self.size - self._written_back >= WRITEBACK_EVERY \
                 and self._file is not None:
@@ -328,10 +341,11 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Delete the temp file (idempotent; a no-op once committed)."""
-        self._closed = True
-        self._memory = None
-        if self._file is not None:
-            self._finalizer()
+        with self._io:
+            self._closed = True
+            self._memory = None
+            if self._file is not None:
+                self._finalizer()
 
     def _finish(self, sync: bool) -> None:
         """Flush and fsync; the file stays in tmp/ until `_install`."""
@@ -425,6 +439,13 @@ def _object(row: tuple[Any, ...]) -> ObjectInfo:
                       metadata=_loads(row[6]), headers=_loads(row[7]),
                       checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10],
                       inline=row[11] if len(row) > 11 else None)
+
+
+@dataclass(eq=False)
+class _Reader:
+    """A thread's read connection (a holder: sqlite3 connections take no weak refs)."""
+
+    db: sqlite3.Connection
 
 
 @dataclass
@@ -554,7 +575,10 @@ class ObjectStore:
             if "data" not in columns:  # a store made before bodies could be inline
                 self._db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # Each thread's reader connection lives as long as the thread (then it is freed,
+        # which closes it); this set only lets close() reach those still alive.
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
         self._buckets = {row[0]: _bucket(row) for row in self._db.execute(
             "SELECT name, created, region, public_read FROM buckets")}
         self._recover()
@@ -573,17 +597,18 @@ class ObjectStore:
         Reads never take the write lock: under WAL a reader sees the last commit
         without waiting for the fsync of one in progress (the event loop reads too).
         """
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
-            with self._lock:
-                self._readers.append(db)
-        return db
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = _Reader(self._connect())
+            with self._readers_lock:
+                self._readers.add(reader)
+        return reader.db
 
     def close(self) -> None:
         with self._lock:
-            for reader in self._readers:
-                reader.close()
+            with self._readers_lock:
+                for reader in list(self._readers):
+                    reader.db.close()
             self._db.close()
             self._lockfile.close()
 
@@ -603,7 +628,12 @@ class ObjectStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:  # e.g. a full disk: never leave the transaction open
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def blob_path(self, blob: str) -> Path:
         return self.blobs / blob[:2] / blob
@@ -838,6 +868,9 @@ class ObjectStore:
         already replaced before this call: prefer `open_object`, which cannot race."""
         if info.inline is not None:
             return io.BytesIO(info.inline)
+        if not info.blob:
+            raise ValueError(f"{info.bucket}/{info.key} is stored inline: open it with an "
+                             "ObjectInfo from head() or open_object(), not from a listing")
         try:
             return open(self.blob_path(info.blob), "rb")
         except FileNotFoundError:
@@ -846,14 +879,18 @@ class ObjectStore:
     def open_object(self, bucket: str, key: str) -> tuple[ObjectInfo, BinaryIO]:
         """`head` and `open_blob` at once, consistent with writers: the row and the
         body opened are of one and the same version."""
+        info = self.head(bucket, key)
         while True:
-            info = self.head(bucket, key)
             try:
                 return info, self.open_blob(info)
             except S3Error:
                 # Replaced (and its blob unlinked) between reading the row and opening
                 # the file: the row read now names the new version.
-                continue
+                again = self.head(bucket, key)
+                if again.blob == info.blob:  # the same row, and its file is gone
+                    raise S3Error("InternalError", f"The data of {bucket}/{key} is missing "
+                                  f"from the store (blob {info.blob})", 500) from None
+                info = again
 
     def delete(self, bucket: str, key: str) -> ObjectInfo | None:
         with self._lock, self._tx() as db:

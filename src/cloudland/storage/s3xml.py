@@ -64,8 +64,14 @@ def _element(root: str, attributes: str, nodes: Iterable[Node]) -> bytes:
     _write(out, nodes)
     body = "".join(out)
     if body:
-        return f"{HEADER}<{root}{attributes}>{body}</{root}>".encode()
-    return f"{HEADER}<{root}{attributes} />".encode()
+        return _encode(f"{HEADER}<{root}{attributes}>{body}</{root}>")
+    return _encode(f"{HEADER}<{root}{attributes} />")
+
+
+def _encode(text: str) -> bytes:
+    # Header values aiohttp could not decode arrive as surrogates (and errors echo
+    # them): written as character references, as ElementTree did, never an exception.
+    return text.encode("utf-8", "xmlcharrefreplace")
 
 
 def document(root: str, nodes: Iterable[Node]) -> bytes:
@@ -77,8 +83,8 @@ def text_document(root: str, text: str | None) -> bytes:
     """`<root xmlns=...>text</root>` (empty when `text` is None), escaped."""
     body = _text(text) if text else ""
     if body:
-        return f'{HEADER}<{root} xmlns="{NAMESPACE}">{body}</{root}>'.encode()
-    return f'{HEADER}<{root} xmlns="{NAMESPACE}" />'.encode()
+        return _encode(f'{HEADER}<{root} xmlns="{NAMESPACE}">{body}</{root}>')
+    return _encode(f'{HEADER}<{root} xmlns="{NAMESPACE}" />')
 
 
 def error_document(err: S3Error, request_id: str) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import email.utils
 import functools
@@ -577,13 +578,12 @@ class S3Server:
         verifier = PayloadVerifier(call.verified, signed_headers(call))
         writer = self.store.writer()
         content = request.content
-        # Blocks of about CHUNK go down a two-stage pipeline while the loop reads the
-        # next: one thread checks them (PayloadVerifier: aws-chunked decoding, SHA-256,
-        # checksums) and MD5s the decoded bytes, another writes those bytes to the file.
-        # hashlib and file writes release the GIL, so the stages overlap each other and
-        # the loop. Pieces are passed as received (a list), never joined or copied.
-        hashing: asyncio.Future[list[bytes]] | None = None
-        writing: asyncio.Future[None] | None = None
+        # Blocks of about CHUNK are handed to threads while the loop reads the next: one
+        # checks a block (PayloadVerifier: SHA-256, checksums) and MD5s it while another
+        # writes it to the file (hashlib and file writes release the GIL, so the two
+        # overlap). An aws-chunked block is written only once decoded, so one thread
+        # does both. Pieces are passed as received (a list), never joined or copied.
+        running: list[concurrent.futures.Future[Any]] = []
         try:
             with contextlib.suppress(AttributeError):  # aiohttp >= 3.14: buffer a block
                 content.set_read_chunk_size(CHUNK)
@@ -598,47 +598,39 @@ class S3Server:
                         continue
                 elif not content.at_eof():
                     continue  # the end of an HTTP chunk, not of the body
-                if not piece and size <= SMALL_READ and writing is None:
+                if not piece and size <= SMALL_READ and not running:
                     # A small body (or the tail of one): not worth a thread hop.
                     _absorb(verifier, writer, pieces, limit)
                     break
-                if writing is not None:
-                    await writing
-                if hashing is not None:
-                    await hashing
-                hashing = asyncio.ensure_future(
-                    self._thread(_check_and_hash, verifier, writer, pieces))
-                writing = asyncio.ensure_future(self._store_after(
-                    hashing if verifier.chunked else pieces, writer, limit))
+                for future in running:  # the previous block is checked and written
+                    await asyncio.wrap_future(future)
+                if verifier.chunked:
+                    running = [self._pool.submit(_absorb, verifier, writer, pieces, limit)]
+                else:
+                    running = [self._pool.submit(_check_and_hash, verifier, writer, pieces),
+                               self._pool.submit(_store, writer, pieces, limit)]
                 if not piece:
                     break
                 pieces, size = [], 0
-            if writing is not None:
-                await writing
-                await hashing  # type: ignore[misc]
-                hashing = writing = None
+            for future in running:
+                await asyncio.wrap_future(future)
             if request.content_length is not None and \
                     content.total_bytes < request.content_length:
                 raise _incomplete(request.content_length, content.total_bytes)
             verifier.finish()
         except BaseException as exc:
-            # Let the threads finish with the file before removing it.
-            running = [f for f in (hashing, writing) if f is not None]
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-            writer.abort()
+            try:  # let the threads finish with the file before removing it (also when
+                # this handler was cancelled: a cancelled wait does not stop a thread)
+                pending = [f for f in running if not f.done()]
+                if pending:
+                    await asyncio.wait([asyncio.wrap_future(f) for f in pending])
+            finally:
+                writer.abort()
             if isinstance(exc, ConnectionResetError):  # the client hung up mid-body
                 raise _incomplete(request.content_length or declared,
                                   content.total_bytes) from None
             raise
         return writer, verifier
-
-    async def _store_after(self, hashed: Awaitable[list[bytes]] | list[bytes],
-                           writer: BlobWriter, limit: int) -> None:
-        """Write a block's decoded bytes (once the hashing stage has decoded them)."""
-        data = hashed if isinstance(hashed, list) else await hashed
-        if data:
-            await self._thread(_store, writer, data, limit)
 
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
@@ -1056,12 +1048,14 @@ async def _continue(request: web.BaseRequest) -> None:
     aiohttp application's router would: the client then sends the body, which is read
     or drained, so the connection stays in step for its next request."""
     expect = request.headers.get("Expect")
-    if expect is None:
+    if expect is None or request.version < (1, 1):  # HTTP/1.0 has no Expect (RFC 9110)
         return
     if expect.lower() != "100-continue":
         raise S3Error("ExpectationFailed", "Only Expect: 100-continue is understood", 417,
                       Header="Expect", HeaderValue=expect[:64])
     await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
+    # Not the response yet: an error answered now must still be written in full.
+    request.writer.output_size = 0
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
