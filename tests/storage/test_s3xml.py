@@ -54,6 +54,14 @@ def test_error_document_parses_back() -> None:
         ("Key", "a&<b>"), ("Resource", "/bucket/a&<b>"), ("RequestId", "REQ1")]
 
 
+def test_carriage_returns_survive_the_round_trip() -> None:
+    """A raw CR in XML text reaches the reader as LF: S3 writes it as &#13;."""
+    body = s3xml.document("ListBucketResult", [("Contents", [("Key", "a\rb\r\nc")])])
+    assert b"a&#13;b&#13;\nc" in body
+    assert ET.fromstring(body).find(f"{{{s3xml.NAMESPACE}}}Contents/"
+                                    f"{{{s3xml.NAMESPACE}}}Key").text == "a\rb\r\nc"
+
+
 def test_iso8601_keeps_milliseconds() -> None:
     assert s3xml.iso8601(0) == "1970-01-01T00:00:00.000Z"
     assert s3xml.iso8601(1795625650.987) == "2026-11-25T16:54:10.987Z"

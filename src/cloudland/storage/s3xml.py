@@ -40,6 +40,8 @@ def _text(value: Any) -> str:
     text = str(value)
     if "&" in text or "<" in text or ">" in text:
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if "\r" in text:  # as S3 writes it: a raw CR would reach the client's parser as LF
+        text = text.replace("\r", "&#13;")
     return text
 
 
