@@ -675,7 +675,8 @@ class S3Server:
                 del headers[name]
         headers["Content-Length"] = str(length)
         status = 206 if partial else 200
-        if call.method != "HEAD" and length <= SMALL_READ:  # headers and body in one write
+        if call.method != "HEAD" and (length <= SMALL_READ or info.inline is not None):
+            # Small, or already in memory: headers and body in one write.
             blob.seek(start)
             return web.Response(status=status, headers=headers, body=blob.read(length))
         response = web.StreamResponse(status=status, headers=headers)
