@@ -14,7 +14,9 @@ This module owns how the model maps onto Envoy's v3 API:
   `status.endpoints`, and one per Route rule that sets circuit breaking, outlier
   detection or a retry budget (those are cluster settings in Envoy).
 
-Names carry no dots so Envoy's stat tags (cut at the first dot) keep them whole.
+Traffic policies (retries, circuit breaking, outlier detection, header edits,
+rewrites, CORS, rate limits) are translated by `mesh.policies`; this module places
+them. Names carry no dots so Envoy's stat tags (cut at the first dot) keep them whole.
 It reads nothing but its arguments, so the same model always renders the same
 snapshot (and version).
 
@@ -38,6 +40,20 @@ from cloudland.mesh.ca import (
     upstream_transport_socket,
     workload_identity,
 )
+from cloudland.mesh.policies import (
+    CORS_FILTER,
+    CORS_TYPE,
+    RATELIMIT_FILTER,
+    RATELIMIT_TYPE,
+    cluster_thresholds,
+    duration,
+    header_edits,
+    outlier_detection,
+    path_rewrite,
+    per_filter_config,
+    retry_policy,
+    segments,
+)
 from cloudland.mesh.snapshot import (
     HCM_TYPE,
     Snapshot,
@@ -50,18 +66,11 @@ from cloudland.mesh.snapshot import (
 from cloudland.model.kinds import (
     INTERNAL_DOMAIN,
     BackendRef,
-    CircuitBreaker,
-    Cors,
-    HeaderChanges,
-    OutlierDetection,
-    RateLimit,
-    Retries,
-    Rewrite,
     RouteMatch,
     RouteRule,
     RouteSpec,
 )
-from cloudland.model.meta import DEFAULT_NAMESPACE, parse_duration
+from cloudland.model.meta import DEFAULT_NAMESPACE
 
 Json = dict[str, Any]
 
@@ -69,10 +78,6 @@ LISTENER_NAME = "gateway"
 CONNECT_TIMEOUT = "1s"
 IDLE = "4s"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-CORS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
-CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-RATELIMIT_TYPE = ("type.googleapis.com/envoy.extensions.filters.http."
-                  "local_ratelimit.v3.LocalRateLimit")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 OTEL_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -80,10 +85,6 @@ OTLP_CLUSTER = "otlp_collector"
 # Certificates live beside the xDS files; the CA side (`mesh.ca`) writes them there.
 SDS_DIR = Path("xds/sds")
 MESH_IDENTITY = ("cloudland-system", "mesh")  # who this Envoy is when it calls a strict Service
-CORS_FILTER = "envoy.filters.http.cors"
-RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
-ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
-          "runtime_key": "cloudland.local_rate_limit"}
 
 # Without a retry policy of their own, routes retry only what never reached the app
 # (refused connections, a reset before the request was sent): safe for any method.
@@ -156,16 +157,6 @@ def _vhost_name(host: str) -> str:
     return "any" if host == "*" else host.replace(".", "_").replace("*", "any")
 
 
-def duration(text: str) -> str:
-    """A CloudLand duration ('1m30s', '250ms') as a protobuf JSON Duration ('90s', '0.25s')."""
-    return _seconds(parse_duration(text))
-
-
-def _seconds(value: float) -> str:
-    text = f"{value:.9f}".rstrip("0").rstrip(".")
-    return f"{text}s"
-
-
 def _backend(route_ns: str, ref: BackendRef) -> tuple[str, str, str]:
     return ref.kind, ref.namespace or route_ns, ref.name
 
@@ -224,32 +215,6 @@ def _upstream_tls(namespace: str, name: str) -> Json:
     return socket
 
 
-def _thresholds(breaker: CircuitBreaker | None, retries: Retries | None) -> Json | None:
-    limits: Json = {}
-    if breaker is not None:
-        for field, key in (("maxConnections", "max_connections"),
-                           ("maxPendingRequests", "max_pending_requests"),
-                           ("maxRequests", "max_requests"), ("maxRetries", "max_retries")):
-            value = getattr(breaker, field)
-            if value is not None:
-                limits[key] = value
-    if retries is not None and retries.budget is not None:
-        limits["retry_budget"] = {
-            "budget_percent": {"value": retries.budget.percent},
-            "min_retry_concurrency": retries.budget.minConcurrency}
-    return {"thresholds": [limits]} if limits else None
-
-
-def _outlier(od: OutlierDetection) -> Json:
-    out: Json = {"consecutive_5xx": od.consecutive5xx, "interval": duration(od.interval),
-                 "base_ejection_time": duration(od.baseEjectionTime),
-                 "max_ejection_percent": od.maxEjectionPercent}
-    if od.consecutiveGatewayErrors is not None:
-        out["consecutive_gateway_failure"] = od.consecutiveGatewayErrors
-        out["enforcing_consecutive_gateway_failure"] = 100
-    return out
-
-
 def _needs_own_cluster(rule: RouteRule) -> bool:
     return (rule.circuitBreaker is not None or rule.outlierDetection is not None
             or (rule.retries is not None and rule.retries.budget is not None))
@@ -273,12 +238,12 @@ def _match(m: RouteMatch) -> Json:
         out = {"path": path.value}
     elif path.type == "RegularExpression":
         out = {"safe_regex": {"regex": path.value}}
-    elif _segments(path.value) == "/":
+    elif segments(path.value) == "/":
         out = {"prefix": "/"}
     else:
         # Gateway API's PathPrefix matches whole segments: /api is /api and /api/...,
         # never /apix (Envoy's plain `prefix` would take it).
-        out = {"path_separated_prefix": _segments(path.value)}
+        out = {"path_separated_prefix": segments(path.value)}
     headers = [{"name": ":method", "string_match": {"exact": m.method}}] if m.method else []
     headers += [{"name": h.name.lower(), "string_match": _string_match(h.type, h.value)}
                 for h in sorted(m.headers, key=lambda h: (h.name.lower(), h.value))]
@@ -289,24 +254,6 @@ def _match(m: RouteMatch) -> Json:
             {"name": q.name, "string_match": _string_match(q.type, q.value)}
             for q in sorted(m.queryParams, key=lambda q: (q.name, q.value))]
     return out
-
-
-def _retry_policy(retries: Retries) -> Json:
-    base = parse_duration(retries.backoff.base)
-    top = parse_duration(retries.backoff.max) if retries.backoff.max else 10 * base
-    policy: Json = {
-        "retry_on": ",".join(retries.retryOn), "num_retries": retries.attempts,
-        "retry_back_off": {"base_interval": _seconds(base), "max_interval": _seconds(top)},
-        # Try another endpoint than the one that just failed, when there is one.
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions."
-                                                   "retry.host.previous_hosts.v3."
-                                                   "PreviousHostsPredicate"}}],
-        "host_selection_retry_max_attempts": "3",
-    }
-    if retries.perTryTimeout is not None:
-        policy["per_try_timeout"] = duration(retries.perTryTimeout)
-    return policy
 
 
 def _weighted(route_ns: str, route: str, index: int, rule: RouteRule) -> list[tuple[str, int]]:
@@ -336,91 +283,15 @@ def _action(route_ns: str, route: str, index: int, rule: RouteRule) -> Json:
     if rule.retries is None:
         action["retry_policy"] = SAFE_RETRY
     elif rule.retries.attempts > 0:
-        action["retry_policy"] = _retry_policy(rule.retries)
+        action["retry_policy"] = retry_policy(rule.retries)
     if rule.rewrite is not None and rule.rewrite.host is not None:
         action["host_rewrite_literal"] = rule.rewrite.host
     return {"route": action}
 
 
-def re2_escape(text: str) -> str:
-    """`text` as an RE2 literal."""
-    return "".join(f"\\{c}" if not (c.isalnum() or c in "/_-") else c for c in text)
-
-
-def _segments(prefix: str) -> str:
-    """A path prefix without trailing slashes ('/' stays '/')."""
-    return prefix.rstrip("/") or "/"
-
-
-def _path_rewrite(m: RouteMatch, rewrite: Rewrite | None) -> Json:
-    """Gateway API's ReplacePrefixMatch: the matched segments become the new prefix
-    (/api/x with /api -> /v2 is /v2/x; with / it is /x), for Exact and PathPrefix."""
-    if rewrite is None or rewrite.pathPrefix is None or m.path.type == "RegularExpression":
-        return {}
-    matched, target = _segments(m.path.value), _segments(rewrite.pathPrefix)
-    if target == "/" and matched != "/":  # a plain prefix swap would leave '//x'
-        return {"regex_rewrite": {"pattern": {"regex": f"^{re2_escape(matched)}/*"},
-                                  "substitution": "/"}}
-    return {"prefix_rewrite": target}
-
-
-def _header_options(changes: HeaderChanges) -> list[Json]:
-    return ([{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-             for k, v in sorted(changes.set.items())]
-            + [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-               for k, v in sorted(changes.add.items())])
-
-
-def _headers(rule: RouteRule) -> Json:
-    out: Json = {}
-    if rule.headers is None:
-        return out
-    for side, changes in (("request", rule.headers.request), ("response", rule.headers.response)):
-        if changes.set or changes.add:
-            out[f"{side}_headers_to_add"] = _header_options(changes)
-        if changes.remove:
-            out[f"{side}_headers_to_remove"] = sorted(h.lower() for h in changes.remove)
-    return out
-
-
-def _cors(cors: Cors) -> Json:
-    origins = [{"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o}
-               for o in cors.allowOrigins]
-    policy: Json = {"@type": CORS_POLICY_TYPE, "allow_origin_string_match": origins,
-                    "allow_methods": ",".join(cors.allowMethods),
-                    "allow_credentials": cors.allowCredentials}
-    if cors.allowHeaders:
-        policy["allow_headers"] = ",".join(cors.allowHeaders)
-    if cors.exposeHeaders:
-        policy["expose_headers"] = ",".join(cors.exposeHeaders)
-    if cors.maxAge is not None:
-        policy["max_age"] = str(int(parse_duration(cors.maxAge)))
-    return policy
-
-
-def _rate_limit(limit: RateLimit, stat_prefix: str) -> Json:
-    return {"@type": RATELIMIT_TYPE, "stat_prefix": stat_prefix.replace(".", "_"),
-            "token_bucket": {"max_tokens": limit.burst or limit.requests,
-                             "tokens_per_fill": limit.requests,
-                             "fill_interval": duration(limit.per)},
-            "filter_enabled": ALWAYS, "filter_enforced": ALWAYS,
-            "response_headers_to_add": [{"header": {"key": "x-cloudland-rate-limited",
-                                                    "value": "true"},
-                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
-
-
-def _per_filter(rule: RouteRule, stat_prefix: str) -> Json:
-    per: Json = {}
-    if rule.cors is not None:
-        per[CORS_FILTER] = _cors(rule.cors)
-    if rule.rateLimit is not None:
-        per[RATELIMIT_FILTER] = _rate_limit(rule.rateLimit, stat_prefix)
-    return {"typed_per_filter_config": per} if per else {}
-
-
 def _precedence(m: RouteMatch) -> tuple[int, int, int, int, int]:
     rank = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}[m.path.type]
-    length = -len(_segments(m.path.value)) if m.path.type == "PathPrefix" else 0
+    length = -len(segments(m.path.value)) if m.path.type == "PathPrefix" else 0
     return rank, length, 0 if m.method else 1, -len(m.headers), -len(m.queryParams)
 
 
@@ -434,12 +305,12 @@ def _route_entries(routes: list[tuple[str, str, RouteSpec]]) -> dict[str, list[t
     for ns, name, spec in routes:
         for r, rule in enumerate(spec.rules):
             stat = route_stat_prefix(ns, name, r)
-            shared = {**_action(ns, name, r, rule), **_headers(rule), **_per_filter(rule, stat),
-                      "stat_prefix": stat}
+            shared = {**_action(ns, name, r, rule), **header_edits(rule),
+                      **per_filter_config(rule, stat), "stat_prefix": stat}
             for i, m in enumerate(rule.matches):
                 entry = {"name": f"{ns}/{name}/rule{r}/match{i}", "match": _match(m), **shared}
                 if "route" in entry:
-                    entry["route"] = {**entry["route"], **_path_rewrite(m, rule.rewrite)}
+                    entry["route"] = {**entry["route"], **path_rewrite(m, rule.rewrite)}
                 for host in _hosts(spec):
                     by_host.setdefault(host, []).append(((_precedence(m), ns, name, r, i), entry))
     return by_host
@@ -621,11 +492,11 @@ def _route_clusters(parsed: list[tuple[str, str, RouteSpec]], clusters: dict[str
                 if not _needs_own_cluster(rule):
                     continue
                 own = {**clusters[base], "name": _rule_cluster(base, ns, name, r)}
-                breakers = _thresholds(rule.circuitBreaker, rule.retries)
+                breakers = cluster_thresholds(rule.circuitBreaker, rule.retries)
                 if breakers:
                     own["circuit_breakers"] = breakers
                 if rule.outlierDetection is not None:
-                    own["outlier_detection"] = _outlier(rule.outlierDetection)
+                    own["outlier_detection"] = outlier_detection(rule.outlierDetection)
                 clusters[own["name"]] = own
 
 
