@@ -309,14 +309,14 @@ class BlobWriter:
                 fd = self._file.fileno()
                 for at in range(0, len(pieces), _IOV_MAX):
                     _write_pieces(fd, pieces[at:at + _IOV_MAX])
-        self.size += n
-        if self._writeback and self.size - self._written_back >= WRITEBACK_EVERY \
-                and self._file is not None:
-            assert _sync_file_range is not None
-            # Start (not wait for) writeback of what arrived since the last time.
-            _sync_file_range(self._file.fileno(), self._written_back,
-                             self.size - self._written_back, _SYNC_FILE_RANGE_WRITE)
-            self._written_back = self.size
+            self.size += n
+            if self._writeback and self.size - self._written_back >= WRITEBACK_EVERY \
+                    and self._file is not None:
+                assert _sync_file_range is not None
+                # Start (not wait for) writeback of what arrived since the last time.
+                _sync_file_range(self._file.fileno(), self._written_back,
+                                 self.size - self._written_back, _SYNC_FILE_RANGE_WRITE)
+                self._written_back = self.size
 
     def hash(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         """The hashing half of `write` (see `store`): md5 and the checksums asked for."""
