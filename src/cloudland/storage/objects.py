@@ -678,9 +678,11 @@ class ObjectStore:
         if db.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
             raise no_such_bucket(bucket)
 
-    def _get_object(self, db: sqlite3.Connection, bucket: str, key: str) -> ObjectInfo | None:
-        row = db.execute(f"SELECT {_OBJECT_COLUMNS}, data FROM objects "
-                         "WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
+    def _get_object(self, db: sqlite3.Connection, bucket: str, key: str, *,
+                    body: bool = True) -> ObjectInfo | None:
+        columns = f"{_OBJECT_COLUMNS}, data" if body else _OBJECT_COLUMNS
+        row = db.execute(f"SELECT {columns} FROM objects WHERE bucket = ? AND key = ?",
+                         (bucket, key)).fetchone()
         return _object(row) if row else None
 
     def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
@@ -854,9 +856,10 @@ class ObjectStore:
             parts=[], blob="" if body is not None else writer.id, inline=body)
         return self._replace(info, check)
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
+    def head(self, bucket: str, key: str, *, body: bool = True) -> ObjectInfo:
+        """The object's row; with its inline body unless `body=False` (a HEAD)."""
         db = self._reader()
-        info = self._get_object(db, bucket, key)
+        info = self._get_object(db, bucket, key, body=body)
         if info is None:
             self._require_bucket(db, bucket)
             raise no_such_key(key)

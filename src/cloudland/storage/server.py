@@ -635,6 +635,9 @@ class S3Server:
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
         _check_version(call.query)
+        if call.method == "HEAD":  # the row is all a HEAD needs
+            return await self._send_object(
+                call, self.store.head(call.bucket, call.key, body=False), None)
         # A small body comes with its row (one indexed read, fine on the loop); a file is
         # opened in a thread, by open_object, which also copes with a PUT replacing it.
         info = self.store.head(call.bucket, call.key)
@@ -648,7 +651,8 @@ class S3Server:
             blob.close()
 
     async def _send_object(self, call: Call, info: ObjectInfo,
-                           blob: BinaryIO) -> web.StreamResponse:
+                           blob: BinaryIO | None) -> web.StreamResponse:
+        """The object's headers, and for a GET (`blob` open) the body or a range of it."""
         status = read_conditions(call.headers, info)
         headers = self._object_headers(info, call)
         if status == 304:
@@ -675,15 +679,16 @@ class S3Server:
                 del headers[name]
         headers["Content-Length"] = str(length)
         status = 206 if partial else 200
-        if call.method != "HEAD" and (length <= SMALL_READ or info.inline is not None):
+        if blob is None:  # HEAD
+            response = web.StreamResponse(status=status, headers=headers)
+            await response.prepare(call.request)
+            return response
+        blob.seek(start)
+        if length <= SMALL_READ or info.inline is not None:
             # Small, or already in memory: headers and body in one write.
-            blob.seek(start)
             return web.Response(status=status, headers=headers, body=blob.read(length))
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(call.request)
-        if call.method == "HEAD":
-            return response
-        blob.seek(start)
         remaining = length
         while remaining > 0:
             data = await self._thread(blob.read, min(CHUNK, remaining)) \
