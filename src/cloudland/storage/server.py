@@ -635,16 +635,14 @@ class S3Server:
     async def _get_object(self, call: Call) -> web.StreamResponse:
         self._authorize(call, public=True)
         _check_version(call.query)
+        # Reads go to the S3 threads too: one indexed read is ~10 µs, but a cold page
+        # read from disk on the loop would stall every other request meanwhile.
         if call.method == "HEAD":  # the row is all a HEAD needs
-            return await self._send_object(
-                call, self.store.head(call.bucket, call.key, body=False), None)
-        # A small body comes with its row (one indexed read, fine on the loop); a file is
-        # opened in a thread, by open_object, which also copes with a PUT replacing it.
-        info = self.store.head(call.bucket, call.key)
-        if info.inline is not None:
-            blob = self.store.open_blob(info)
-        else:
-            info, blob = await self._thread(self.store.open_object, call.bucket, call.key)
+            info = await self._thread(self.store.head, call.bucket, call.key, body=False)
+            return await self._send_object(call, info, None)
+        # The row and the body in one step (a small body is in the row; a file is opened
+        # by open_object, which also copes with a PUT replacing it meanwhile).
+        info, blob = await self._thread(self.store.open_object, call.bucket, call.key)
         try:
             return await self._send_object(call, info, blob)
         finally:
@@ -775,7 +773,7 @@ class S3Server:
     async def _copy_object(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         check_key(call.key)
-        source = self._copy_source(call)
+        source = await self._copy_source(call)
         read_conditions(call.headers, source, prefix="x-amz-copy-source-if-", for_read=False)
         directive = call.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
@@ -798,7 +796,7 @@ class S3Server:
         return _xml(document("CopyObjectResult", [
             ("LastModified", iso8601(info.last_modified)), ("ETag", quoted(info.etag))]))
 
-    def _copy_source(self, call: Call) -> ObjectInfo:
+    async def _copy_source(self, call: Call) -> ObjectInfo:
         raw = call.headers["x-amz-copy-source"]
         path, _, version = raw.partition("?")
         if version and version not in ("versionId=null", ""):
@@ -807,14 +805,14 @@ class S3Server:
         if not bucket or not key:
             raise invalid_argument("Copy Source must mention the source bucket and key: "
                                    "sourcebucket/sourcekey", "x-amz-copy-source", raw)
-        return self.store.head(bucket, key)
+        return await self._thread(self.store.head, bucket, key)
 
     # ---- multipart -------------------------------------------------------------------
 
-    def _upload_of(self, call: Call) -> Upload:
+    async def _upload_of(self, call: Call) -> Upload:
         """The upload `uploadId` names, which must be one of this bucket and key."""
         upload_id = call.query.get("uploadId", "")
-        upload = self.store.upload(upload_id)
+        upload = await self._thread(self.store.upload, upload_id)
         if (upload.bucket, upload.key) != (call.bucket, call.key):
             raise no_such_upload(upload_id)
         return upload
@@ -834,7 +832,7 @@ class S3Server:
     async def _upload_part(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         number = _int_value(call.query.get("partNumber", ""), "partNumber", 1, MAX_PART_NUMBER)
-        upload_id = self._upload_of(call).id
+        upload_id = (await self._upload_of(call)).id
         if "x-amz-copy-source" in call.headers:
             return await self._upload_part_copy(call, upload_id, number)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
@@ -846,7 +844,7 @@ class S3Server:
 
     async def _upload_part_copy(self, call: Call, upload_id: str,
                                 number: int) -> web.Response:
-        source = self._copy_source(call)
+        source = await self._copy_source(call)
         read_conditions(call.headers, source, prefix="x-amz-copy-source-if-", for_read=False)
         start, end = 0, source.size - 1
         wanted = call.headers.get("x-amz-copy-source-range")
@@ -882,7 +880,7 @@ class S3Server:
 
     async def _complete_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        upload_id = self._upload_of(call).id
+        upload_id = (await self._upload_of(call)).id
         root = s3xml.parse(await _small_body(call, body_checksums=False))
         if root.tag != "CompleteMultipartUpload":
             raise s3xml.malformed("the root element must be CompleteMultipartUpload")
@@ -902,7 +900,7 @@ class S3Server:
 
     async def _abort_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
-        await self._thread(self.store.abort_upload, self._upload_of(call).id)
+        await self._thread(self.store.abort_upload, (await self._upload_of(call)).id)
         return web.Response(status=204)
 
     async def _list_uploads(self, call: Call) -> web.Response:
@@ -932,7 +930,7 @@ class S3Server:
     async def _list_parts(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         q = call.query
-        upload = self._upload_of(call)
+        upload = await self._upload_of(call)
         limit = _int_arg(q, "max-parts", 1000, 0, 1000)
         marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)
         parts, truncated = await self._thread(self.store.list_parts, upload.id,
