@@ -242,3 +242,46 @@ def test_expect_edge_cases(s3_cloudland: Running, s3: Any) -> None:
         b"Expect: 100-\xffcontinue\r\n\r\n"
     [reply] = _raw(url, odd)
     assert reply.startswith(b"HTTP/1.1 417") and b"<HeaderValue>100-&#56575;continue" in reply
+
+
+def test_file_backed_gets_ranges_parts_and_hang_ups(s3_cloudland: Running, s3: Any) -> None:
+    """Bodies past the inline limit are files sent with sendfile: whole, ranged, by part,
+    on a kept-alive connection; a client that hangs up mid-download costs nothing."""
+    import os
+    import socket
+    import urllib.parse
+
+    s3.create_bucket(Bucket="big-gets")
+    body = os.urandom(3 * 1024 * 1024 + 123)
+    s3.put_object(Bucket="big-gets", Key="k", Body=body)
+    assert s3.get_object(Bucket="big-gets", Key="k")["Body"].read() == body
+    for wanted, start, end in (("bytes=1000-2000000", 1000, 2000000),
+                               ("bytes=-300000", len(body) - 300000, len(body) - 1),
+                               ("bytes=2000000-", 2000000, len(body) - 1)):
+        got = s3.get_object(Bucket="big-gets", Key="k", Range=wanted)
+        assert got["Body"].read() == body[start:end + 1], wanted
+        assert got["ContentRange"] == f"bytes {start}-{end}/{len(body)}"
+    head = s3.head_object(Bucket="big-gets", Key="k")
+    assert head["ContentLength"] == len(body)
+
+    up = s3.create_multipart_upload(Bucket="big-gets", Key="parts")
+    halves = [os.urandom(5 * 1024 * 1024), body]  # 5 MiB minimum for all but the last
+    etags = [s3.upload_part(Bucket="big-gets", Key="parts", UploadId=up["UploadId"],
+                            PartNumber=n, Body=b)["ETag"] for n, b in enumerate(halves, 1)]
+    s3.complete_multipart_upload(
+        Bucket="big-gets", Key="parts", UploadId=up["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e}
+                                   for n, e in enumerate(etags, 1)]})
+    assert s3.get_object(Bucket="big-gets", Key="parts", PartNumber=2)["Body"].read() == body
+
+    # Hang up after the first bytes, many times: the server keeps serving.
+    url = urllib.parse.urlsplit(s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "big-gets", "Key": "k"}))
+    for _ in range(5):
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            sock.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n"
+                         .encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    assert s3.get_object(Bucket="big-gets", Key="k")["Body"].read() == body
+    log = (s3_cloudland.home / "test-daemon.log").read_text(errors="replace")
+    assert "/big-gets/k failed" not in log  # a hang-up is not a server error

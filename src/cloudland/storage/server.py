@@ -21,8 +21,10 @@ import email.utils
 import functools
 import itertools
 import logging
+import os
 import re
 import secrets
+import select
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,7 @@ MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
 CHUNK = 1 << 20
 THREADS = 8  # the S3 server's own threads for disk work
+SENDFILE_STALL_MS = 60_000  # a client that reads nothing for this long is gone
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
 RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
                       ("response-content-disposition", "Content-Disposition"),
@@ -687,7 +690,9 @@ class S3Server:
             return web.Response(status=status, headers=headers, body=blob.read(length))
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(call.request)
-        remaining = length
+        sent = await self._sendfile(call.request, blob, start, length)
+        blob.seek(start + sent)
+        remaining = length - sent
         while remaining > 0:
             data = await self._thread(blob.read, min(CHUNK, remaining)) \
                 if remaining > SMALL_READ else blob.read(remaining)
@@ -697,6 +702,28 @@ class S3Server:
             remaining -= len(data)
         await response.write_eof()
         return response
+
+    async def _sendfile(self, request: web.BaseRequest, blob: BinaryIO, start: int,
+                        length: int) -> int:
+        """Send `length` bytes of `blob` from `start` straight from the page cache to the
+        socket (sendfile, on an S3 thread); how many were sent. 0 when it cannot be used
+        (no socket, a file without a descriptor, headers still buffered), and the caller
+        writes the rest the ordinary way."""
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            file_fd = blob.fileno()
+        except (OSError, ValueError):  # e.g. an in-memory body
+            return 0
+        if sock is None or transport is None or transport.get_write_buffer_size():
+            return 0
+        # Descriptors of the thread's own, closed when it is done (also if this handler
+        # is cancelled first): the connection or the file may be closed meanwhile and
+        # their numbers reused, but these still name this socket and this file.
+        out, source = os.dup(sock.fileno()), os.dup(file_fd)
+        future = self._pool.submit(_sendfile_all, out, source, start, length)
+        future.add_done_callback(lambda _: _close_all(out, source))
+        return await asyncio.wrap_future(future)
 
     def _part_range(self, info: ObjectInfo, part: str) -> tuple[int, int]:
         number = _int_value(part, "partNumber", 1, MAX_PART_NUMBER)
@@ -1060,6 +1087,32 @@ async def _continue(request: web.BaseRequest) -> None:
     await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
     # Not the response yet: an error answered now must still be written in full.
     request.writer.output_size = 0
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _sendfile_all(out: int, file_fd: int, start: int, length: int) -> int:
+    """sendfile until `length` bytes went out (the socket is non-blocking: wait until it
+    is writable when full); the count sent. A broken connection raises."""
+    sent = 0
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    while sent < length:
+        try:
+            n = os.sendfile(out, file_fd, start + sent, length - sent)
+        except BlockingIOError:
+            if not poller.poll(SENDFILE_STALL_MS):
+                raise ConnectionResetError("the client stopped reading") from None
+            continue
+        except BrokenPipeError:  # the client went away: as a write to a closed transport
+            raise ConnectionResetError("the client closed the connection") from None
+        if n == 0:  # the file is shorter than its row says
+            break
+        sent += n
+    return sent
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
