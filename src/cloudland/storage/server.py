@@ -707,16 +707,17 @@ class S3Server:
                         length: int) -> int:
         """Send `length` bytes of `blob` from `start` straight from the page cache to the
         socket (sendfile, on an S3 thread); how many were sent. 0 when it cannot be used
-        (no socket, a file without a descriptor, headers still buffered), and the caller
-        writes the rest the ordinary way."""
+        (no socket, TLS, a file without a descriptor, headers still buffered), and the
+        caller writes the rest the ordinary way."""
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         try:
             file_fd = blob.fileno()
         except (OSError, ValueError):  # e.g. an in-memory body
             return 0
-        if sock is None or transport is None or transport.get_write_buffer_size():
-            return 0
+        if sock is None or transport is None or transport.get_write_buffer_size() \
+                or transport.get_extra_info("sslcontext") is not None:  # TLS: bytes must
+            return 0  # go through the transport to be encrypted
         # Descriptors of the thread's own, closed when it is done (also if this handler
         # is cancelled first): the connection or the file may be closed meanwhile and
         # their numbers reused, but these still name this socket and this file.
