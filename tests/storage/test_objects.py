@@ -910,3 +910,23 @@ def test_reader_connections_end_with_their_threads(inline_store: ObjectStore) ->
         t.join()
     gc.collect()
     assert len(inline_store._readers) <= 1  # at most this thread's
+
+
+def test_copy_without_hard_links_copies_the_bytes(store: ObjectStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "no hard links here")
+
+    store.create_bucket("b")
+    src = put(store, "b", "src", b"bytes to copy" * 1000)
+    monkeypatch.setattr(objects_module.os, "link", no_links)
+    copied = store.copy(store.head("b", "src"), "b", "dst")
+    assert copied.blob != src.blob and copied.etag == src.etag
+    assert read(store, store.head("b", "dst")) == b"bytes to copy" * 1000
+    assert blob_files(store) == {src.blob, copied.blob} and tmp_files(store) == []
+    os.unlink(store.blob_path(src.blob))  # the source gone meanwhile: NoSuchKey
+    with pytest.raises(S3Error) as e:
+        store.copy(src, "b", "again")
+    assert code(e) == ("NoSuchKey", 404)

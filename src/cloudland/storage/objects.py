@@ -930,32 +930,36 @@ class ObjectStore:
         blob = secrets.token_hex(16)
         sub = self.blobs / blob[:2]
         sub.mkdir(exist_ok=True)
-        dest = sub / blob
         try:
-            try:
-                os.link(self.blob_path(src.blob), dest)
-            except FileNotFoundError:
-                raise
-            except OSError:  # no hard links here: copy the bytes
-                self._copy_file(self.blob_path(src.blob), dest)
+            os.link(self.blob_path(src.blob), sub / blob)
         except FileNotFoundError:  # replaced or deleted since it was read
-            _unlink(dest)
             raise no_such_key(src.key) from None
+        except OSError:  # no hard links here: copy the bytes
+            try:
+                with open(self.blob_path(src.blob), "rb") as f:
+                    return self._assemble([(f, src.size)])
+            except FileNotFoundError:
+                raise no_such_key(src.key) from None
         if self.sync:
             _fsync_dir(sub)
         return blob
 
-    def _copy_file(self, source: Path, dest: Path) -> None:
-        tmp = self.tmp / secrets.token_hex(16)
+    def _assemble(self, sources: list[tuple[BinaryIO, int]]) -> str:
+        """A new blob of the first `size` bytes of each open file in turn (copied in
+        the kernel where possible), fsynced and moved into blobs/; its id."""
+        blob = secrets.token_hex(16)
+        tmp = self.tmp / blob
         try:
-            with open(source, "rb") as s, open(tmp, "xb") as d:
-                _append(s.fileno(), d.fileno(), os.fstat(s.fileno()).st_size)
+            with open(tmp, "xb") as out:
+                for f, size in sources:
+                    _append(f.fileno(), out.fileno(), size)
                 if self.sync:
-                    os.fsync(d.fileno())
-            os.rename(tmp, dest)
+                    os.fsync(out.fileno())
+            self._install(tmp, blob)
         except BaseException:
             _unlink(tmp)
             raise
+        return blob
 
     def list_objects(self, bucket: str, *, prefix: str = "", delimiter: str = "",
                      start_after: str = "", max_keys: int = 1000) -> ListPage:
@@ -1112,18 +1116,8 @@ class ObjectStore:
                 # Open every part now: a concurrent put_part or abort may unlink them.
                 for number, _ in parts:
                     files.append(open(self.blob_path(stored[number][1]), "rb"))  # noqa: SIM115
-            blob = secrets.token_hex(16)
-            tmp = self.tmp / blob
-            try:
-                with open(tmp, "xb") as out:
-                    for part, f in zip(chosen, files, strict=True):
-                        _append(f.fileno(), out.fileno(), part.size)
-                    if self.sync:
-                        os.fsync(out.fileno())
-                self._install(tmp, blob)
-            except BaseException:
-                _unlink(tmp)
-                raise
+            blob = self._assemble([(f, part.size)
+                                   for part, f in zip(chosen, files, strict=True)])
         finally:
             for f in files:
                 f.close()
