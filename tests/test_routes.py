@@ -22,6 +22,21 @@ def route(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             "spec": spec}
 
 
+def assert_refused_together(cloudland: Running, files: Path, command: str, first: str,
+                            second: str) -> None:
+    """Two Routes for the same host in one `apply`/`plan`: both named, nothing stored."""
+    files.mkdir()
+    spec = {"hosts": [f"{first}.localhost"], "rules": [{"backends": [{"name": "hello"}]}]}
+    (files / "a.yaml").write_text(yaml.safe_dump(route(first, spec)))
+    (files / "b.yaml").write_text(yaml.safe_dump(route(second, spec)))
+    result = cloudland.cli(command, "-f", str(files))
+    assert result.exit_code == 1
+    assert f"default/{first}" in result.output and f"default/{second}" in result.output
+    with Client(cloudland.api) as client:
+        names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
+    assert not names & {first, second}
+
+
 def ready(client: Client, name: str) -> tuple[str, str, str]:
     obj = client.get("Route", "default", name)
     for cond in (obj.get("status") or {}).get("conditions") or []:
@@ -54,17 +69,7 @@ def test_conflicting_routes_are_refused_naming_both(cloudland: Running, tmp_path
         client.apply([route("shop", {**SHOP, "rules": [{**SHOP["rules"][0], "timeout": "5s"}]})])
 
     # Through the CLI, two conflicting Routes in one apply: nothing is applied.
-    files = tmp_path / "routes"
-    files.mkdir()
-    spec = {"hosts": ["two.localhost"], "rules": [{"backends": [{"name": "hello"}]}]}
-    (files / "a.yaml").write_text(yaml.safe_dump(route("first", spec)))
-    (files / "b.yaml").write_text(yaml.safe_dump(route("second", spec)))
-    result = cloudland.cli("apply", "-f", str(files))
-    assert result.exit_code == 1
-    assert "default/first" in result.output and "default/second" in result.output
-    with Client(cloudland.api) as client:
-        names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
-    assert "first" not in names and "second" not in names
+    assert_refused_together(cloudland, tmp_path / "routes", "apply", "first", "second")
 
 
 def test_routes_report_backends_and_serve_metrics(cloudland: Running, tmp_path: Path) -> None:
@@ -148,14 +153,4 @@ def test_a_route_renamed_in_a_pruning_apply_does_not_conflict_with_its_old_self(
 
 
 def test_plan_sees_a_conflict_inside_one_batch(cloudland: Running, tmp_path: Path) -> None:
-    files = tmp_path / "twins"
-    files.mkdir()
-    spec = {"hosts": ["twins.localhost"], "rules": [{"backends": [{"name": "hello"}]}]}
-    (files / "a.yaml").write_text(yaml.safe_dump(route("twin-a", spec)))
-    (files / "b.yaml").write_text(yaml.safe_dump(route("twin-b", spec)))
-    planned = cloudland.cli("plan", "-f", str(files))
-    assert planned.exit_code == 1
-    assert "default/twin-a" in planned.output and "default/twin-b" in planned.output
-    with Client(cloudland.api) as client:  # and the plan left nothing behind
-        names = {o["metadata"]["name"] for o in client.list("Route", "default")["items"]}
-    assert not names & {"twin-a", "twin-b"}
+    assert_refused_together(cloudland, tmp_path / "twins", "plan", "twin-a", "twin-b")
