@@ -549,7 +549,7 @@ class S3Server:
         self.store.bucket(call.bucket)  # NoSuchBucket before reading a body
         described = signed_headers(call)
         meta = user_metadata(described)
-        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
+        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES, described)
         # Off the event loop: a commit fsyncs the blob, its directory and SQLite.
         info = await self._thread(
             self.store.commit, call.bucket, call.key, writer,
@@ -561,8 +561,12 @@ class S3Server:
         headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
         return web.Response(status=200, headers=headers)
 
-    async def _receive(self, call: Call, limit: int) -> tuple[BlobWriter, PayloadVerifier]:
-        """Stream the body through the signature checks into a new blob; abort on error."""
+    async def _receive(self, call: Call, limit: int,
+                       described: CIMultiDict[str]) -> tuple[BlobWriter, PayloadVerifier]:
+        """Stream the body through the signature checks into a new blob; abort on error.
+        `described` is `signed_headers(call)`: what the body is checked against (for a
+        SigV2 presigned URL, the Content-MD5 and checksums in its query count as if sent
+        as headers)."""
         request = call.request
         if (request.content_length is None and "chunked" not in
                 request.headers.get("Transfer-Encoding", "").lower()):
@@ -576,9 +580,7 @@ class S3Server:
         if declared > limit:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
                           "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
-        # The body is checked against what was signed (for a SigV2 presigned URL, the
-        # Content-MD5 and checksums in its query count as if sent as headers).
-        verifier = PayloadVerifier(call.verified, signed_headers(call))
+        verifier = PayloadVerifier(call.verified, described)
         writer = self.store.writer()
         content = request.content
         # Blocks of about CHUNK are handed to threads while the loop reads the next: one
@@ -863,7 +865,7 @@ class S3Server:
         upload_id = (await self._upload_of(call)).id
         if "x-amz-copy-source" in call.headers:
             return await self._upload_part_copy(call, upload_id, number)
-        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES)
+        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES, signed_headers(call))
         part = await self._thread(self.store.put_part, upload_id, number, writer,
                                        checksums=verifier.checksums)
         headers = {"ETag": quoted(part.etag)}
