@@ -54,21 +54,37 @@ class BucketReconciler(AcceptingReconciler):
         if self.objects is None:
             return ("False", "StorageUnavailable",
                     f"bucket {name}: this CloudLand runs no object store"), None
+        public = obj["spec"].get("access") == "public-read"
         try:
-            try:
-                self.objects.create_bucket(name)
-                created = True
-            except S3Error as err:
-                if err.code != "BucketAlreadyOwnedByYou":
-                    raise
-                created = False
-            self.objects.set_public_read(name, obj["spec"].get("access") == "public-read")
+            # The store keeps its buckets in memory: an unchanged Bucket writes nothing.
+            created = not self._exists(name)
+            if created:
+                self._create(name)
+            if self.objects.bucket(name).public_read != public:
+                self.objects.set_public_read(name, public)
         except S3Error as err:
             return ("False", err.code, f"bucket {name}: {err.message}"), None
         status["bucket"] = name
         verb = "created" if created else "exists"
         return ("True", "Ready", f"S3 bucket {name} {verb} "
                 f"({obj['spec'].get('access', 'private')})"), None
+
+
+    def _exists(self, name: str) -> bool:
+        assert self.objects is not None
+        try:
+            self.objects.bucket(name)
+        except S3Error:
+            return False
+        return True
+
+    def _create(self, name: str) -> None:
+        assert self.objects is not None
+        try:
+            self.objects.create_bucket(name)
+        except S3Error as err:  # made through S3 a moment ago: adopt it
+            if err.code != "BucketAlreadyOwnedByYou":
+                raise
 
 
 def empty_and_delete(objects: ObjectStore, bucket: str) -> None:
