@@ -313,7 +313,7 @@ def production(port: int, upstream: int, access_log: Path | None) -> Snapshot:
     service = {"apiVersion": "cloudland/v1", "kind": "Service",
                "metadata": {"name": "up", "namespace": "default"},
                "status": {"endpoints": [f"127.0.0.1:{upstream}"]}}
-    return render([route], [service], gateway_port=port, admin_port=0,
+    return render([route], [service], gateway_port=port,
                   access_log=str(access_log) if access_log else None)
 
 

@@ -76,7 +76,7 @@ def snapshot_to(backend: str, ups: dict[str, Upstream], gateway_port: int) -> Sn
     """Both upstreams as Services; one Route on every host sending '/' to `backend`."""
     services = [service(name, [up.address]) for name, up in sorted(ups.items())]
     rt = route("park", {"rules": [{"backends": [{"name": backend}]}]})
-    return render([rt], services, gateway_port=gateway_port, admin_port=0, access_log=None)
+    return render([rt], services, gateway_port=gateway_port, access_log=None)
 
 
 def with_bad_cluster(snapshot: Snapshot) -> Snapshot:

@@ -19,7 +19,7 @@ A_EPS = ["127.0.0.1:9001", "127.0.0.1:9002"]
 
 def snap(routes: list[dict[str, Any]], services: list[dict[str, Any]],
          access_log: str | None = None, **settings: Any) -> Snapshot:
-    return render(routes, services, gateway_port=8080, admin_port=9901, access_log=access_log,
+    return render(routes, services, gateway_port=8080, access_log=access_log,
                   **settings)
 
 

@@ -525,14 +525,10 @@ def _listeners(services: list[Json], settings: MeshSettings,
 
 
 def render(routes: list[Json], services: list[Json], *, gateway_port: int,
-           admin_port: int = 0, access_log: str | None = None, tls: bool = False,
+           access_log: str | None = None, tls: bool = False,
            otlp_endpoint: str | None = None) -> Snapshot:
     """The whole Envoy config for these Routes and Services (order does not matter).
-
-    `admin_port` is not part of the dynamic config (it lives in the bootstrap, see
-    `Snapshot.bootstrap`); it is accepted so callers pass one set of gateway settings.
-    """
-    del admin_port
+    Envoy's admin interface is not part of it: see `Snapshot.bootstrap`."""
     settings = MeshSettings(gateway_port, access_log, tls, otlp_endpoint)
     parsed = _parsed_routes(routes)
     clusters: dict[str, Json] = {}
