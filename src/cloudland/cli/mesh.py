@@ -19,7 +19,7 @@ from cloudland.cli.columns import say
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, table
 from cloudland.cli.workloads import seconds, stream_records
-from cloudland.model.kinds import INTERNAL_DOMAIN
+from cloudland.model.kinds import internal_host
 from cloudland.model.meta import DEFAULT_NAMESPACE
 
 Object = dict[str, Any]
@@ -134,7 +134,7 @@ def service_rows(services: list[Object]) -> list[Object]:
     for svc in sorted(services, key=_key):
         ns, name = _key(svc)
         status = svc.get("status") or {}
-        rows.append({"namespace": ns, "name": name, "host": f"{name}.{ns}.{INTERNAL_DOMAIN}",
+        rows.append({"namespace": ns, "name": name, "host": internal_host(ns, name),
                      "address": status.get("address"),
                      "mtls": (svc.get("spec") or {}).get("mtls", "permissive"),
                      "inbound": status.get("inbound"),

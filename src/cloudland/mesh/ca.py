@@ -34,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloudland.errors import CloudLandError
 from cloudland.mesh.snapshot import write_atomic
-from cloudland.model.kinds import INTERNAL_DOMAIN
+from cloudland.model.kinds import internal_host
 
 TRUST_DOMAIN = "cloudland.local"
 CA_COMMON_NAME = "CloudLand mesh CA"
@@ -84,7 +84,7 @@ def parse_identity(identity: str) -> tuple[str, str]:
 
 def service_dns_names(namespace: str, name: str) -> list[str]:
     """The DNS SANs of a Service: 'web.default.svc.cloudland.local'."""
-    return [f"{name}.{namespace}.{INTERNAL_DOMAIN}"]
+    return [internal_host(namespace, name)]
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,11 @@ from cloudland.mesh.snapshot import (
     route_owner,
 )
 from cloudland.model.kinds import (
-    INTERNAL_DOMAIN,
     BackendRef,
     RouteMatch,
     RouteRule,
     RouteSpec,
+    internal_host,
 )
 from cloudland.model.meta import DEFAULT_NAMESPACE
 
@@ -141,11 +141,6 @@ def cluster_name(kind: str, namespace: str, name: str) -> str:
 def local_cluster(namespace: str, name: str) -> str:
     """The plain-text cluster behind a strict Service's inbound TLS listener."""
     return f"local_{namespace}_{name}"
-
-
-def internal_host(namespace: str, name: str) -> str:
-    """The stable in-mesh name of a Service: 'web.default.svc.cloudland.local'."""
-    return f"{name}.{namespace}.{INTERNAL_DOMAIN}"
 
 
 def route_stat_prefix(namespace: str, name: str, rule: int) -> str:

@@ -24,6 +24,11 @@ from cloudland.model.workload import Autoscale, EnvVar, Probe, Strategy, Workloa
 INTERNAL_DOMAIN = "svc.cloudland.local"
 
 
+def internal_host(namespace: str, name: str) -> str:
+    """The stable in-mesh name of a Service: 'web.default.svc.cloudland.local'."""
+    return f"{name}.{namespace}.{INTERNAL_DOMAIN}"
+
+
 class ServiceSpec(Workload):
     replicas: int = Field(1, ge=0, le=10000)
     port: int | None = Field(None, ge=1, le=65535)
