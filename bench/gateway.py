@@ -557,7 +557,7 @@ def _text_log(listener: Json, routes: list[Json]) -> None:
 
 
 def _short_log(listener: Json, routes: list[Json]) -> None:
-    # Six fields instead of seventeen: is it the number of header lookups that costs?
+    # Six fields instead of nineteen: is it the number of header lookups that costs?
     fmt = _log_format(listener)
     keep = ("time", "method", "path", "status", "duration_ms", "upstream")
     fmt["json_format"] = {k: v for k, v in fmt["json_format"].items() if k in keep}
