@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def installed_script(name: str) -> Path:
+    """A console script of a package installed for this interpreter (not found via
+    PATH, whose shims may belong to another Python): where pip put it, which is
+    beside the interpreter in a virtualenv and /usr/local/bin for a distro Python."""
+    return Path(sysconfig.get_path("scripts")) / name
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import installed_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,6 @@ def test_mypy_is_clean() -> None:
 
 def test_package_boundaries_hold() -> None:
     """The layers in docs/architecture.md, enforced by import-linter (.importlinter)."""
-    script = Path(sys.executable).parent / "lint-imports"  # beside this interpreter
+    script = installed_script("lint-imports")
     result = subprocess.run([str(script)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

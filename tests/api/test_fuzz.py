@@ -9,17 +9,15 @@ schemas ("AST constructor recursion depth mismatch"), not on a response.
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import Running
+from tests.conftest import Running, installed_script
 
 
 @pytest.mark.timeout(330)
 def test_schemathesis_finds_no_server_errors(cloudland: Running) -> None:
-    st = Path(sys.executable).parent / "st"  # beside this interpreter, not via PATH shims
+    st = installed_script("st")
     if not st.exists():
         pytest.fail("schemathesis is not installed; pip install -e '.[dev]'")
     result = subprocess.run(
