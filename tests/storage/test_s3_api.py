@@ -5,6 +5,7 @@ Every negative case checks the exact S3 error code and HTTP status a client sees
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import socket
 import threading
@@ -424,6 +425,30 @@ def test_list_encoding_by_presigned_url(s3_cloudland: Running, access_key: tuple
     assert root.find(NS + "EncodingType") is None
 
 
+def test_listings_escape_keys_without_encoding(s3_cloudland: Running,
+                                               access_key: tuple[str, str], s3: Any,
+                                               fresh: str) -> None:
+    """Without encoding-type, keys go into the XML as text: &, <, > and CR escaped, in
+    every listing (v2, v1 with its Owner, versions)."""
+    keys = sorted(["a&b", "c<d>e", "cr\rkey", "quote\"'"], key=str.encode)
+    for key in keys:
+        s3.put_object(Bucket=fresh, Key=key, Body=b"x")
+    base = endpoint(s3_cloudland)
+    for query, entry in (("list-type=2", "Contents"), ("", "Contents"),
+                         ("versions", "Version")):
+        url = f"{base}/{fresh}?{query}"
+        status, _, body = fetch(url, headers=sign(access_key, "GET", url))
+        assert status == 200, body
+        entries = ET.fromstring(body).findall(NS + entry)
+        assert [e.findtext(NS + "Key") for e in entries] == keys, query
+        first = [child.tag.removeprefix(NS) for child in entries[0]]
+        expected = ["Key", "LastModified", "ETag", "Size", "StorageClass"]
+        if entry == "Version":
+            expected[1:1] = ["VersionId", "IsLatest"]
+        assert first == expected + ([] if query == "list-type=2" else ["Owner"]), query
+        assert entries[0].findtext(NS + "ETag") == f'"{hashlib.md5(b"x").hexdigest()}"'
+
+
 def test_list_object_versions(s3: Any, tree: list[str]) -> None:
     versions = s3.list_object_versions(Bucket="tree", Prefix="b/")
     assert [v["Key"] for v in versions["Versions"]] == [k for k in tree if k.startswith("b/")]
@@ -838,6 +863,22 @@ def test_integrity_headers(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="digest", Body=b"something", ChecksumAlgorithm="SHA256")
     head = s3.head_object(Bucket=bucket, Key="digest", ChecksumMode="ENABLED")
     assert "ChecksumSHA256" in head
+
+
+def test_integrity_headers_on_large_bodies(s3: Any, bucket: str) -> None:
+    """Bodies of several blocks are checked by threads (MD5 once, for the ETag and
+    Content-MD5 both; SHA-256 and checksums beside it): a wrong digest still refuses."""
+    body = bytes(range(256)) * (9 * 1024 + 7)  # > 2 MiB, not a whole number of blocks
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    assert fails(s3.put_object, Bucket=bucket, Key="big-digest", Body=body,
+                 ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg==") == ("BadDigest", 400)
+    assert fails(s3.put_object, Bucket=bucket, Key="big-digest", Body=body,
+                 ChecksumSHA256="47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=") == (
+        "BadDigest", 400)
+    assert fails(s3.head_object, Bucket=bucket, Key="big-digest") == ("404", 404)
+    put = s3.put_object(Bucket=bucket, Key="big-digest", Body=body, ContentMD5=md5)
+    assert put["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert s3.get_object(Bucket=bucket, Key="big-digest")["Body"].read() == body
 
 
 def test_virtual_host_style(s3_cloudland: Running, access_key: tuple[str, str],

@@ -52,7 +52,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -113,9 +113,19 @@ class ObjectInfo:
     inline: bytes | None = field(default=None, repr=False, compare=False)
 
 
+class Listed(NamedTuple):
+    """An object as a listing shows it: made by the thousand, so a tuple of the four
+    columns a listing needs (no metadata to decode, no body)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+
+
 @dataclass(frozen=True)
 class ListPage:
-    objects: list[ObjectInfo]
+    objects: list[Listed]
     common_prefixes: list[str]
     truncated: bool
     next_after: str  # the last key or common prefix returned ("" if none)
@@ -420,6 +430,7 @@ CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
 
 _OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
                    "checksums, parts, blob")
+_LISTED_COLUMNS = "key, size, etag, last_modified"  # the fields of Listed, in order
 _UPLOAD_COLUMNS = "id, bucket, key, initiated, content_type, metadata, headers, checksums_algorithm"
 
 
@@ -873,7 +884,7 @@ class ObjectStore:
             return io.BytesIO(info.inline)
         if not info.blob:
             raise ValueError(f"{info.bucket}/{info.key} is stored inline: open it with an "
-                             "ObjectInfo from head() or open_object(), not from a listing")
+                             "ObjectInfo from head() or open_object(), not head(body=False)")
         try:
             return open(self.blob_path(info.blob), "rb")
         except FileNotFoundError:
@@ -979,12 +990,12 @@ class ObjectStore:
         after, inclusive = start_after, False
         if prefix > start_after:
             after, inclusive = prefix, True
-        objects: list[ObjectInfo] = []
+        objects: list[Listed] = []
         prefixes: list[str] = []
         last = ""
         count = 0
         while True:
-            sql = (f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key "
+            sql = (f"SELECT {_LISTED_COLUMNS} FROM objects WHERE bucket = ? AND key "
                    f"{'>=' if inclusive else '>'} ?")
             args: list[Any] = [bucket, after]
             if upper is not None:
@@ -998,7 +1009,7 @@ class ObjectStore:
                 if count == max_keys:
                     cursor.close()
                     return ListPage(objects, prefixes, True, last)
-                key: str = row[1]
+                key: str = row[0]
                 if delimiter:
                     i = key.find(delimiter, len(prefix))
                     if i >= 0:
@@ -1014,7 +1025,7 @@ class ObjectStore:
                         # Skip every key under the common prefix with one seek.
                         after, inclusive, jumped = end, True, True
                         break
-                objects.append(_object(row))
+                objects.append(Listed._make(row))
                 last = key
                 count += 1
                 after, inclusive = key, False

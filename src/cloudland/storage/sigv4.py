@@ -786,9 +786,13 @@ class PayloadVerifier:
     """
 
     def __init__(self, verified: Verified | None, headers: Mapping[str, str], *,
-                 body_checksums: bool = True) -> None:
+                 body_checksums: bool = True,
+                 body_md5: Callable[[], bytes] | None = None) -> None:
         """`body_checksums=False` for requests whose x-amz-checksum-* headers describe
-        something other than the body (CompleteMultipartUpload: the whole object)."""
+        something other than the body (CompleteMultipartUpload: the whole object).
+        `body_md5`, when the caller hashes the decoded body with MD5 anyway (a
+        BlobWriter does, for the ETag), gives that digest once the body has ended:
+        Content-MD5 is checked against it instead of hashing every byte twice."""
         headers = _case_insensitive(headers)
         self.verified = verified
         if verified is not None:
@@ -818,7 +822,8 @@ class PayloadVerifier:
             self._expected_length = int(declared)
 
         md5 = _header(headers, "content-md5")
-        self._md5 = None
+        self._md5: Any = None  # hashed here only when the caller does not
+        self._body_md5: Callable[[], bytes] | None = None  # set when Content-MD5 is sent
         self._md5_expected = b""
         if md5 is not None:
             try:
@@ -827,7 +832,10 @@ class PayloadVerifier:
                 self._md5_expected = b""
             if len(self._md5_expected) != 16:
                 raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.", 400)
-            self._md5 = hashlib.md5()
+            if body_md5 is None:
+                self._md5 = hashlib.md5()
+                body_md5 = self._md5.digest
+            self._body_md5 = body_md5
 
         # the one checksum: from a header, or announced in x-amz-trailer
         self._algorithm: str | None = None
@@ -889,6 +897,12 @@ class PayloadVerifier:
         return value
 
     # -- feeding
+
+    @property
+    def hashes(self) -> bool:
+        """Whether feeding the body computes anything (a digest to check) at all."""
+        return (self._sha256 is not None or self._md5 is not None
+                or self._hasher is not None)
 
     def feed(self, data: bytes) -> bytes:
         """Take the next piece of the body as received; return the decoded bytes in it."""
@@ -1070,11 +1084,13 @@ class PayloadVerifier:
                               "'x-amz-content-sha256' header does not match what was "
                               "computed.", 400, ClientComputedContentSHA256=self.mode,
                               S3ComputedContentSHA256=computed)
-        if self._md5 is not None and self._md5.digest() != self._md5_expected:
-            raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
-                          "received.", 400,
-                          ExpectedDigest=base64.b64encode(self._md5_expected).decode(),
-                          CalculatedDigest=base64.b64encode(self._md5.digest()).decode())
+        if self._body_md5 is not None:
+            md5 = self._body_md5()
+            if md5 != self._md5_expected:
+                raise S3Error("BadDigest", "The Content-MD5 you specified did not match "
+                              "what we received.", 400,
+                              ExpectedDigest=base64.b64encode(self._md5_expected).decode(),
+                              CalculatedDigest=base64.b64encode(md5).decode())
         if self._algorithm is not None and self._hasher is not None:
             name = _CHECKSUM_PREFIX + self._algorithm
             expected = self._expected_checksum
