@@ -24,7 +24,7 @@ from cloudland.storage.errors import S3Error
 from cloudland.storage.events import Rule, S3Events, rules_from_spec
 from cloudland.storage.objects import ObjectStore
 from cloudland.storage.server import S3Server, check_bucket_name
-from cloudland.storage.sigv4 import Credentials
+from cloudland.storage.sigv4 import Credentials, forget_signing_keys
 
 log = logging.getLogger("cloudland.storage")
 
@@ -71,8 +71,10 @@ class AccessKeys:
             self._unsubscribe()
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "Secret" and change.namespace == KEYS_NAMESPACE:
-            self._known.pop(key_id_of(change.object["metadata"]["name"]), None)
+        if change.kind != "Secret" or change.namespace != KEYS_NAMESPACE:
+            return
+        if self._known.pop(key_id_of(change.object["metadata"]["name"]), None):
+            forget_signing_keys()  # and every day key derived from it (and others)
 
     def __call__(self, access_key: str) -> Credentials | None:
         known = self._known.get(access_key)

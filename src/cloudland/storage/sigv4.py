@@ -136,6 +136,12 @@ def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> 
     return _hmac(key, TERMINAL)
 
 
+def forget_signing_keys() -> None:
+    """Drop every cached day key: an access key was deleted or changed, and nothing
+    derived from its secret should stay in memory (the rest are derived again)."""
+    signing_key.cache_clear()
+
+
 def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
