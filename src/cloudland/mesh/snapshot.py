@@ -192,6 +192,12 @@ class Snapshot:
         """Every xDS file, in the order to publish them: what is referenced comes before
         what references it (endpoints, clusters, routes, listeners), so no update ever
         names something Envoy does not have yet."""
+        return list(self._documents)
+
+    @cached_property
+    def _documents(self) -> tuple[Document, ...]:
+        # Built once: an apply compares, writes, confirms and prunes the same documents,
+        # and each one's version hash is cached with it.
         docs = [Document(f"{XDS_DIR}/{EDS_DIR}/{e['cluster_name']}.json", ENDPOINTS_TYPE, [e],
                          f"cluster.{e['cluster_name']}") for e in self.endpoints]
         docs.append(Document(f"{XDS_DIR}/{CDS_FILE}", CLUSTER_TYPE, self.clusters,
@@ -201,7 +207,7 @@ class Snapshot:
                  for r in self.routes]
         docs.append(Document(f"{XDS_DIR}/{LDS_FILE}", LISTENER_TYPE, self.listeners,
                              "listener_manager.lds"))
-        return docs
+        return tuple(docs)
 
     def _rds_stat_prefix(self, route_config: str) -> str:
         """The stat prefix of the HCM that subscribes to a route config (each route
@@ -220,26 +226,15 @@ class Snapshot:
 
         With `only_changed`, a file whose version already matches is left alone, so
         Envoy rereads only what changed. Files of resources no longer in the snapshot
-        are removed afterwards (Envoy stops watching them once the listener or cluster
-        that used them is gone)."""
-        root = Path(run_dir)
-        written = []
-        for doc in self.documents():
-            path = root / doc.path
-            if only_changed and file_version(path) == doc.version:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(doc.body(), indent=1, sort_keys=True), sync=False)
-            written.append(doc)
-        return written
+        are removed afterwards (`remove_stale_files`: Envoy stops watching them once the
+        listener or cluster that used them is gone)."""
+        files = XdsFiles(run_dir)
+        docs = files.changed(self.documents()) if only_changed else self.documents()
+        files.write(docs)
+        return docs
 
     def remove_stale_files(self, run_dir: str | Path) -> None:
-        keep = {doc.path for doc in self.documents()}
-        root = Path(run_dir)
-        for sub in (RDS_DIR, EDS_DIR):
-            for path in (root / XDS_DIR / sub).glob("*.json"):
-                if str(path.relative_to(root)) not in keep:
-                    path.unlink(missing_ok=True)
+        XdsFiles(run_dir).remove_stale(self.documents())
 
     @staticmethod
     def bootstrap(admin: int | str) -> Json:
@@ -260,6 +255,49 @@ class Snapshot:
                 "re2.max_program_size.error_level": MAX_PROGRAM_SIZE,
                 "re2.max_program_size.warn_level": MAX_PROGRAM_SIZE}}]},
         }
+
+
+class XdsFiles:
+    """The xDS files under one run directory, and the version of each as last written
+    through this object.
+
+    Comparing against that memory, an apply reads no file back. Without one (nothing
+    written yet, e.g. a restarted CloudLand), the versions in the files on disk are
+    read once and become the memory, so only what changed is rewritten."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+        self._versions: dict[str, str] | None = None  # document path -> version on disk
+
+    def changed(self, docs: list[Document]) -> list[Document]:
+        """The documents whose file does not hold their version."""
+        if self._versions is None:
+            self._versions = {d.path: v for d in docs
+                              if (v := file_version(self.root / d.path)) is not None}
+        versions = self._versions
+        return [d for d in docs if versions.get(d.path) != d.version]
+
+    def write(self, docs: list[Document]) -> None:
+        """Replace each document's file atomically, in order."""
+        if self._versions is None:
+            self._versions = {}
+        versions = self._versions
+        for doc in docs:
+            path = self.root / doc.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(doc.body(), indent=1, sort_keys=True), sync=False)
+            versions[doc.path] = doc.version  # only once it is there (a write may fail)
+
+    def remove_stale(self, docs: list[Document]) -> None:
+        """Remove the route config and endpoint files no document of `docs` has."""
+        keep = {doc.path for doc in docs}
+        for sub in (RDS_DIR, EDS_DIR):
+            for path in (self.root / XDS_DIR / sub).glob("*.json"):
+                relative = str(path.relative_to(self.root))
+                if relative not in keep:
+                    path.unlink(missing_ok=True)
+                    if self._versions is not None:
+                        self._versions.pop(relative, None)
 
 
 def file_version(path: Path) -> str | None:
