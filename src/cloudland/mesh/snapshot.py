@@ -111,16 +111,16 @@ class Snapshot:
 
     # ---- consistency -----------------------------------------------------------------
 
+    def _typed_filters(self) -> list[Json]:
+        """The typed config of every network filter of every listener, in order."""
+        return [flt.get("typed_config", {}) for listener in self.listeners
+                for chain in listener.get("filter_chains", [])
+                for flt in chain.get("filters", [])]
+
     def route_configs(self) -> list[Json]:
         """Every route configuration: the RDS ones and any inline in a listener."""
-        configs = list(self.routes)
-        for listener in self.listeners:
-            for chain in listener.get("filter_chains", []):
-                for flt in chain.get("filters", []):
-                    typed = flt.get("typed_config", {})
-                    if typed.get("@type") == HCM_TYPE and "route_config" in typed:
-                        configs.append(typed["route_config"])
-        return configs
+        return [*self.routes, *(typed["route_config"] for typed in self._typed_filters()
+                                if typed.get("@type") == HCM_TYPE and "route_config" in typed)]
 
     def referenced_clusters(self) -> set[str]:
         """Names of all clusters some route sends traffic to."""
@@ -136,14 +136,8 @@ class Snapshot:
         return names
 
     def referenced_route_configs(self) -> set[str]:
-        names: set[str] = set()
-        for listener in self.listeners:
-            for chain in listener.get("filter_chains", []):
-                for flt in chain.get("filters", []):
-                    rds = flt.get("typed_config", {}).get("rds")
-                    if rds:
-                        names.add(rds["route_config_name"])
-        return names
+        return {typed["rds"]["route_config_name"] for typed in self._typed_filters()
+                if typed.get("rds")}
 
     def problems(self) -> list[str]:
         """What makes this snapshot unfit to publish, as messages for a human; [] if fit."""
@@ -213,13 +207,19 @@ class Snapshot:
         """The stat prefix of the HCM that subscribes to a route config (each route
         config has one listener of its own: Envoy reports a shared subscription under
         whichever HCM created it)."""
-        for listener in self.listeners:
-            for chain in listener.get("filter_chains", []):
-                for flt in chain.get("filters", []):
-                    typed = flt.get("typed_config", {})
-                    if (typed.get("rds") or {}).get("route_config_name") == route_config:
-                        return str(typed["stat_prefix"])
-        return "unused"
+        hcm = self._rds_subscribers.get(route_config)
+        return "unused" if hcm is None else str(hcm["stat_prefix"])
+
+    @cached_property
+    def _rds_subscribers(self) -> dict[str, Json]:
+        # Route config -> the first HCM subscribing to it, in one pass over the
+        # listeners (not one pass per route config: quadratic in Services).
+        found: dict[str, Json] = {}
+        for typed in self._typed_filters():
+            name = (typed.get("rds") or {}).get("route_config_name")
+            if name is not None:
+                found.setdefault(name, typed)
+        return found
 
     def to_files(self, run_dir: str | Path, *, only_changed: bool = False) -> list[Document]:
         """Write the documents under `run_dir`, each atomically; returns those written.
