@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cloudland.mesh import Snapshot, missing_backends, render
+from cloudland.mesh.render import parse_routes
 from cloudland.mesh.snapshot import XdsFiles
 from tests.mesh.conftest import check_golden, route, service
 
@@ -259,6 +260,18 @@ def test_missing_backends_render_empty_clusters_and_are_reported() -> None:
         "Service default/gone does not exist",
         "Service default/cold has no ready endpoints",
         "Function default/resize: Function backends are not served yet"]}
+
+
+def test_a_stored_route_that_no_longer_validates_is_reported_and_left_out() -> None:
+    routes = [route("ok", {"rules": [{"backends": [{"name": "a"}]}]}),
+              route("bad", {"rules": [{"backends": []}]})]
+    parsed = parse_routes(routes)
+    assert [name for _, name, _ in parsed.valid] == ["ok"]
+    assert parsed.invalid == {"default/bad": "spec.rules.0.backends: List should have at "
+                                             "least 1 item after validation, not 0"}
+    services = [service("a", A_EPS)]
+    assert snap(routes, services).version == render(
+        parsed, services, gateway_port=8080).version == snap(routes[:1], services).version
 
 
 def test_all_weights_zero_answers_503_without_a_cluster() -> None:

@@ -27,7 +27,7 @@ from cloudland.mesh.ca import (
     workload_identity,
 )
 from cloudland.mesh.envoy import EnvoySettings, ManagedEnvoy, envoy_binary
-from cloudland.mesh.render import SDS_DIR, invalid_routes, mesh_identities
+from cloudland.mesh.render import SDS_DIR, mesh_identities, parse_routes
 from cloudland.mesh.snapshot import Snapshot
 from cloudland.runtime.logs import LogRotator
 from cloudland.runtime.ports import free_port, port_in_use
@@ -237,14 +237,14 @@ class Gateway:
     async def _render(self) -> Snapshot:
         routes, _ = self.service.list("Route")
         services, _ = self.service.list("Service")
-        invalid = invalid_routes(routes)
-        self.invalid = "; ".join(f"Route {k}: {v}" for k, v in invalid.items()) or None
+        parsed = parse_routes(routes)  # validated once: for `invalid` and the rendering
+        self.invalid = "; ".join(f"Route {k}: {v}" for k, v in parsed.invalid.items()) or None
         tls = False
         if self.certificates is not None:
             identities = mesh_identities(services)
             tls = (self.certificates.ready(identities)
                    or await asyncio.to_thread(self.certificates.keep, identities))
-        return render(routes, services, gateway_port=self.port,
+        return render(parsed, services, gateway_port=self.port,
                       access_log=str(self.access_log) if self.access_log else None,
                       tls=tls, otlp_endpoint=self.otlp_endpoint)
 

@@ -426,30 +426,28 @@ def _otlp_cluster(endpoint: str) -> Json:
 
 # ---- the whole --------------------------------------------------------------------------
 
-def _parsed_routes(routes: list[Json]) -> list[tuple[str, str, RouteSpec]]:
-    """The Routes whose spec is valid today (one stored by an older CloudLand may not
-    be: it is left out rather than stopping every other Route; see `invalid_routes`)."""
-    parsed = []
-    for obj in routes:
-        try:
-            parsed.append((*_key(obj), RouteSpec.model_validate(obj["spec"])))
-        except ValidationError:
-            continue
-    return parsed
+@dataclass(frozen=True)
+class ParsedRoutes:
+    """Stored Routes, each validated once: the specs that render, and why the others
+    do not (one stored by an older CloudLand may no longer validate: it is left out
+    rather than stopping every other Route)."""
+
+    valid: list[tuple[str, str, RouteSpec]]  # (namespace, name, spec)
+    invalid: dict[str, str]  # 'namespace/name' -> why its stored spec does not validate
 
 
-def invalid_routes(routes: list[Json]) -> dict[str, str]:
-    """'namespace/name' -> why its stored spec no longer validates (it is not rendered)."""
-    found = {}
+def parse_routes(routes: list[Json]) -> ParsedRoutes:
+    valid: list[tuple[str, str, RouteSpec]] = []
+    invalid: dict[str, str] = {}
     for obj in routes:
         try:
-            RouteSpec.model_validate(obj["spec"])
+            valid.append((*_key(obj), RouteSpec.model_validate(obj["spec"])))
         except ValidationError as exc:
             ns, name = _key(obj)
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            found[f"{ns}/{name}"] = f"spec.{where}: {first['msg']}"
-    return found
+            invalid[f"{ns}/{name}"] = f"spec.{where}: {first['msg']}"
+    return ParsedRoutes(valid, invalid)
 
 
 def _service_clusters(services: list[Json], settings: MeshSettings,
@@ -519,13 +517,14 @@ def _listeners(services: list[Json], settings: MeshSettings,
     return listeners, configs
 
 
-def render(routes: list[Json], services: list[Json], *, gateway_port: int,
+def render(routes: list[Json] | ParsedRoutes, services: list[Json], *, gateway_port: int,
            access_log: str | None = None, tls: bool = False,
            otlp_endpoint: str | None = None) -> Snapshot:
     """The whole Envoy config for these Routes and Services (order does not matter).
-    Envoy's admin interface is not part of it: see `Snapshot.bootstrap`."""
+    Routes already parsed (`parse_routes`) are not validated again. Envoy's admin
+    interface is not part of it: see `Snapshot.bootstrap`."""
     settings = MeshSettings(gateway_port, access_log, tls, otlp_endpoint)
-    parsed = _parsed_routes(routes)
+    parsed = (routes if isinstance(routes, ParsedRoutes) else parse_routes(routes)).valid
     clusters: dict[str, Json] = {}
     assignments: dict[str, Json] = {}
     _service_clusters(services, settings, clusters, assignments)
@@ -553,7 +552,7 @@ def missing_backends(routes: list[Json], services: list[Json]) -> dict[str, list
     """
     endpoints = {_key(s): _status(s).get("endpoints") or [] for s in services}
     found: dict[str, list[str]] = {}
-    for ns, name, spec in sorted(_parsed_routes(routes), key=lambda t: (t[0], t[1])):
+    for ns, name, spec in sorted(parse_routes(routes).valid, key=lambda t: (t[0], t[1])):
         reasons: list[str] = []
         for rule in spec.rules:
             for ref in rule.backends:
@@ -581,7 +580,7 @@ def route_conflicts(route: Json, others: list[Json]) -> list[str]:
     """
     ns, name = _key(route)
     rivals = [o for o in others if _key(o) != (ns, name)]  # invalid ones are skipped
-    by_host = _route_entries(_parsed_routes([route, *rivals]))
+    by_host = _route_entries(parse_routes([route, *rivals]).valid)
     found: list[str] = []
     for host in sorted(by_host):
         claims: dict[str, str] = {}

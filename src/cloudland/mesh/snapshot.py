@@ -141,6 +141,11 @@ class Snapshot:
 
     def problems(self) -> list[str]:
         """What makes this snapshot unfit to publish, as messages for a human; [] if fit."""
+        return list(self._problems)
+
+    @cached_property
+    def _problems(self) -> tuple[str, ...]:
+        # Checked once per snapshot: the gateway and ManagedEnvoy.apply both ask.
         found: list[str] = []
         for kind, items in (("listener", self.listeners), ("cluster", self.clusters),
                             ("route config", self.routes)):
@@ -160,7 +165,7 @@ class Snapshot:
             if cluster.get("type") == "EDS" and wanted not in assigned:
                 found.append(f"cluster '{cluster['name']}' has no endpoint assignment")
         found.extend(self._conflicts())
-        return found
+        return tuple(found)
 
     def _conflicts(self) -> list[str]:
         """Two different Routes claiming the same host and the same match."""
