@@ -57,11 +57,10 @@ from cloudland.mesh.policies import (
 from cloudland.mesh.snapshot import (
     HCM_TYPE,
     Snapshot,
-    canonical_json,
+    clashes,
     describe_match,
     eds_source,
     rds_source,
-    route_owner,
 )
 from cloudland.model.kinds import (
     BackendRef,
@@ -581,17 +580,13 @@ def route_conflicts(route: Json, others: list[Json]) -> list[str]:
     ns, name = _key(route)
     rivals = [o for o in others if _key(o) != (ns, name)]  # invalid ones are skipped
     by_host = _route_entries(parse_routes([route, *rivals]).valid)
+    me = f"{ns}/{name}"
     found: list[str] = []
-    for host in sorted(by_host):
-        claims: dict[str, str] = {}
-        for _, entry in by_host[host]:
-            owner = route_owner(entry["name"])
-            key = canonical_json(entry["match"])
-            first = claims.setdefault(key, owner)
-            if first != owner and f"{ns}/{name}" in (first, owner):
-                rival = first if owner == f"{ns}/{name}" else owner
-                message = (f"host '{host}' {describe_match(entry['match'])} is already "
-                           f"routed by Route {rival}")
-                if message not in found:
-                    found.append(message)
+    for host, match, first, owner in clashes(
+            (host, [entry for _, entry in by_host[host]]) for host in sorted(by_host)):
+        if me in (first, owner):
+            rival = first if owner == me else owner
+            message = f"host '{host}' {describe_match(match)} is already routed by Route {rival}"
+            if message not in found:
+                found.append(message)
     return found

@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudland.model.regex import MAX_PROGRAM_SIZE
 
@@ -44,6 +45,7 @@ EDS_DIR = "eds"
 NODE_ID = "cloudland"
 
 Json = dict[str, Any]
+H = TypeVar("H")  # how a caller names a host (its name, or the virtual host itself)
 
 
 def canonical_json(value: Any) -> str:
@@ -58,6 +60,22 @@ def content_version(value: Any) -> str:
 def route_owner(route_name: str) -> str:
     """'default/web/rule0/match1' -> 'default/web' (the Route that rendered it)."""
     return "/".join(route_name.split("/")[:2])
+
+
+def clashes(hosts: Iterable[tuple[H, Iterable[Json]]]) -> Iterator[tuple[H, Json, str, str]]:
+    """(host, match, first Route, other Route) for each route entry whose match on its
+    host an entry of another Route claimed before it; the one check behind admission
+    (`render.route_conflicts`) and the snapshot's own (`Snapshot.problems`)."""
+    for host, entries in hosts:
+        claims: dict[str, str] = {}
+        for entry in entries:
+            name = entry.get("name", "")
+            if name.startswith("svc:"):
+                continue  # the built-in fallback to a Service, not a user's Route
+            owner = route_owner(name)
+            first = claims.setdefault(canonical_json(entry.get("match", {})), owner)
+            if first != owner:
+                yield host, entry["match"], first, owner
 
 
 def config_source(relative: str) -> Json:
@@ -169,21 +187,10 @@ class Snapshot:
 
     def _conflicts(self) -> list[str]:
         """Two different Routes claiming the same host and the same match."""
-        found: list[str] = []
-        for config in self.route_configs():
-            for vhost in config.get("virtual_hosts", []):
-                owners: dict[str, str] = {}
-                for route in vhost.get("routes", []):
-                    name = route.get("name", "")
-                    if name.startswith("svc:"):
-                        continue  # the built-in fallback to a Service, not a user's Route
-                    owner, key = route_owner(name), canonical_json(route.get("match", {}))
-                    first = owners.setdefault(key, owner)
-                    if first != owner:
-                        found.append(
-                            f"Routes {first} and {owner} both match host "
-                            f"'{vhost['domains'][0]}' {describe_match(route['match'])}")
-        return found
+        vhosts = ((vhost, vhost.get("routes", [])) for config in self.route_configs()
+                  for vhost in config.get("virtual_hosts", []))
+        return [f"Routes {first} and {owner} both match host '{vhost['domains'][0]}' "
+                f"{describe_match(match)}" for vhost, match, first, owner in clashes(vhosts)]
 
     # ---- publishing -----------------------------------------------------------------
 
