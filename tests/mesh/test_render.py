@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cloudland.mesh import Snapshot, missing_backends, render
+from cloudland.mesh import Snapshot, render
 from cloudland.mesh.render import parse_routes
 from cloudland.mesh.snapshot import XdsFiles
 from tests.mesh.conftest import check_golden, route, service
@@ -246,7 +246,8 @@ def test_problems_catch_a_dangling_cluster_and_duplicate_names() -> None:
 
 # ---- missing backends -------------------------------------------------------------------
 
-def test_missing_backends_render_empty_clusters_and_are_reported() -> None:
+def test_missing_backends_render_empty_clusters() -> None:
+    # Why such a Route is not ready is the Route controller's (tests/controllers).
     routes = [route("shop", {"rules": [{"backends": [
         {"name": "shop-v1"}, {"name": "gone"}, {"name": "cold"},
         {"kind": "Function", "name": "resize"}]}]}),
@@ -256,10 +257,6 @@ def test_missing_backends_render_empty_clusters_and_are_reported() -> None:
     clusters = {c["name"]: c for c in snapshot.clusters}
     assert "svc_default_gone" in clusters and "fn_default_resize" in clusters
     assert ports(snapshot, "svc_default_gone") == ports(snapshot, "svc_default_cold") == []
-    assert missing_backends(routes, services) == {"default/shop": [
-        "Service default/gone does not exist",
-        "Service default/cold has no ready endpoints",
-        "Function default/resize: Function backends are not served yet"]}
 
 
 def test_a_stored_route_that_no_longer_validates_is_reported_and_left_out() -> None:

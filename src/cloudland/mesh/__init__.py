@@ -10,11 +10,9 @@ issues the mesh's certificates. Nothing here talks to the store.
 from cloudland.mesh.render import (
     cluster_name,
     internal_host,
-    missing_backends,
     render,
     route_conflicts,
 )
 from cloudland.mesh.snapshot import Snapshot
 
-__all__ = ["Snapshot", "cluster_name", "internal_host", "missing_backends", "render",
-           "route_conflicts"]
+__all__ = ["Snapshot", "cluster_name", "internal_host", "render", "route_conflicts"]

@@ -131,10 +131,6 @@ class CertificateAuthority:
         self.key = key
 
     @property
-    def cert_path(self) -> Path:
-        return self.directory / CA_CERT_FILE
-
-    @property
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 

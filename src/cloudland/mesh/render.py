@@ -543,34 +543,6 @@ def mesh_identities(services: list[Json]) -> list[tuple[str, str]]:
     return [MESH_IDENTITY, *strict]
 
 
-def missing_backends(routes: list[Json], services: list[Json]) -> dict[str, list[str]]:
-    """'namespace/route' -> why some of its backends cannot serve; Routes that are fine are absent.
-
-    The Route controller turns these into a NotReady condition; the route itself is
-    still rendered (its cluster has no endpoints, so Envoy answers 503).
-    """
-    endpoints = {_key(s): _status(s).get("endpoints") or [] for s in services}
-    found: dict[str, list[str]] = {}
-    for ns, name, spec in sorted(parse_routes(routes).valid, key=lambda t: (t[0], t[1])):
-        reasons: list[str] = []
-        for rule in spec.rules:
-            for ref in rule.backends:
-                kind, bns, bname = _backend(ns, ref)
-                if kind != "Service":
-                    reason = f"{kind} {bns}/{bname}: Function backends are not served yet"
-                elif (bns, bname) not in endpoints:
-                    reason = f"Service {bns}/{bname} does not exist"
-                elif not endpoints[(bns, bname)]:
-                    reason = f"Service {bns}/{bname} has no ready endpoints"
-                else:
-                    continue
-                if reason not in reasons:
-                    reasons.append(reason)
-        if reasons:
-            found[f"{ns}/{name}"] = reasons
-    return found
-
-
 def route_conflicts(route: Json, others: list[Json]) -> list[str]:
     """Each host and match `route` claims that another Route already claims, in words.
 
