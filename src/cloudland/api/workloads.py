@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,16 +149,37 @@ def pick_runs(obj: Object, query: LogQuery, log_root: Path | None, *,
 # ---- streaming -------------------------------------------------------------------
 
 
-async def log_stream(service: ResourceService, kind: str, namespace: str, name: str,
-                     query: LogQuery, log_root: Path | None, runs: list[Run]) -> AsyncIterator[
-                         bytes]:
+def log_stream(service: ResourceService, kind: str, namespace: str, name: str,
+               query: LogQuery, log_root: Path | None, runs: list[Run]
+               ) -> AsyncGenerator[bytes, None]:
     """Each run's backlog, then (with `follow`) new lines until the client goes away.
 
-    Following starts before the backlog is read, so lines written while it is
-    sent are not lost (at worst a line written in that instant comes twice).
     Every RESYNC seconds the Service is read again: new instances and restarts
     are followed from their first line, runs that ended are let go one RESYNC
     later (so their last lines are read)."""
+    def current() -> list[Run] | None:
+        obj = service.find(kind, namespace, name)
+        return None if obj is None else pick_runs(obj, query, log_root, strict=False)
+
+    return _stream(runs, query, current)
+
+
+def dir_log_stream(log_dir: Path, query: LogQuery,
+                   source: str) -> AsyncGenerator[bytes, None]:
+    """One log directory not tied to a Service (the gateway's access log): its backlog,
+    then, with `follow`, new lines until the client goes away."""
+    return _stream([Run(source, 0, log_dir)], query, None)
+
+
+async def _stream(runs: list[Run], query: LogQuery,
+                  current: Callable[[], list[Run] | None] | None
+                  ) -> AsyncGenerator[bytes, None]:
+    """The runs' backlogs, then (with `follow`) their new lines; every RESYNC seconds
+    `current` says which runs to follow now (None: the source is gone, stop). Without
+    `current`, the runs are fixed.
+
+    Following starts before the backlog is read, so lines written while it is
+    sent are not lost (at worst a line written in that instant comes twice)."""
     lines: asyncio.Queue[tuple[Run, logs.LogLine]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
 
     async def pump(run: Run, from_start: bool) -> None:
@@ -182,10 +203,10 @@ async def log_stream(service: ResourceService, kind: str, namespace: str, name: 
         while query.follow:
             async for chunk in _drain(lines, time.monotonic() + RESYNC):
                 yield chunk
-            obj = service.find(kind, namespace, name)
-            if obj is None:
+            following = runs if current is None else current()
+            if following is None:
                 return
-            now = set(pick_runs(obj, query, log_root, strict=False))
+            now = set(following)
             for run in ended - now:
                 tasks.pop(run).cancel()
             ended = tasks.keys() - now
@@ -195,36 +216,6 @@ async def log_stream(service: ResourceService, kind: str, namespace: str, name: 
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-
-
-async def dir_log_stream(log_dir: Path, query: LogQuery,
-                         source: str) -> AsyncIterator[bytes]:
-    """One log directory not tied to a Service (the gateway's access log): its backlog,
-    then, with `follow`, new lines until the client goes away."""
-    lines: asyncio.Queue[tuple[Run, logs.LogLine]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-    run = Run(source, 0, log_dir)
-
-    async def pump() -> None:
-        async for line in logs.follow(log_dir):
-            if line.stream in query.streams:
-                await lines.put((run, line))
-
-    task = asyncio.create_task(pump(), name=f"follow {source}") if query.follow else None
-    await asyncio.sleep(0)
-    since = None if query.since is None else time.time() - query.since
-    try:
-        if query.tail != 0:
-            backlog = await asyncio.to_thread(logs.read_lines, log_dir, since, query.tail,
-                                              query.streams)
-            for start in range(0, len(backlog), BATCH):
-                yield _records(run, backlog[start:start + BATCH])
-        while task is not None:
-            async for chunk in _drain(lines, time.monotonic() + RESYNC):
-                yield chunk
-    finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _drain(lines: asyncio.Queue[tuple[Run, logs.LogLine]],
