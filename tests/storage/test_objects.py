@@ -18,7 +18,7 @@ import pytest
 
 from cloudland.storage import objects as objects_module
 from cloudland.storage.errors import S3Error, precondition_failed
-from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, prefix_end
+from cloudland.storage.objects import BlobWriter, ObjectInfo, ObjectStore, _Reaper, prefix_end
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def read(store: ObjectStore, info: ObjectInfo) -> bytes:
 
 
 def blob_files(store: ObjectStore) -> set[str]:
+    store.settle()  # replaced and deleted blobs are unlinked on the store's own thread
     return {p.name for p in store.blobs.glob("*/*")}
 
 
@@ -169,6 +170,42 @@ def test_overwrite_replaces_and_deletes_old_blob_but_open_readers_keep_it(
     with pytest.raises(S3Error) as e:  # the old blob is gone for new readers
         store.open_blob(first)
     assert code(e) == ("NoSuchKey", 404)
+
+
+def test_replaced_and_deleted_blobs_are_unlinked_off_the_committing_thread(
+        store: ObjectStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store.create_bucket("b")
+    release = threading.Event()
+    unlink = objects_module._unlink
+
+    def held_up(path: Path | str) -> None:  # the reaper's thread waits to be let go
+        if threading.current_thread().name == "s3-reaper":
+            assert release.wait(10)
+        unlink(path)
+
+    monkeypatch.setattr(objects_module, "_unlink", held_up)
+    monkeypatch.setattr(_Reaper, "MAX_QUEUED", 4)
+    store._reaper.stop()
+    store._reaper = _Reaper()
+    infos = [put(store, "b", f"k{i}") for i in range(10)]
+    for info in infos:
+        assert store.delete("b", info.key) == info  # returns without the reaper
+    # One file is with the held-up reaper, four wait in its queue; the queue was full
+    # for the other five, so their DELETEs unlinked them on the spot.
+    present = {p.name for p in store.blobs.glob("*/*")}
+    assert len(present) == 5 and present < {i.blob for i in infos}
+    release.set()
+    assert blob_files(store) == set()  # settle(): the queued ones are gone too
+    # A file the reaper cannot remove is logged (and left to _recover); it goes on.
+    stuck = store.blob_path("cd" + "0" * 30)
+    stuck.mkdir(parents=True)
+    store._unlink_blob(stuck.name)
+    last = put(store, "b", "last")
+    store.delete("b", "last")
+    store.settle()
+    assert not store.blob_path(last.blob).exists()
+    assert "could not remove" in caplog.text
 
 
 def test_delete_is_idempotent(store: ObjectStore) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import email.utils
 import functools
@@ -44,6 +43,7 @@ from cloudland.storage.objects import (
     Upload,
     check_key,
 )
+from cloudland.storage.pipeline import Pipeline, Stage
 from cloudland.storage.s3xml import Node, Raw, document, escape, iso8601
 from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, uri_encode, verify
 
@@ -56,6 +56,7 @@ MAX_XML_BYTES = 2 << 20  # DeleteObjects of 1,000 long keys fits
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
 CHUNK = 1 << 20
+AHEAD_BLOCKS = 8  # an upload's blocks in flight through its stages (~8 MiB held)
 THREADS = 8  # the S3 server's own threads for disk work
 SENDFILE_STALL_MS = 60_000  # a client that reads nothing for this long is gone
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
@@ -586,13 +587,10 @@ class S3Server:
         writer = self.store.writer()
         verifier = PayloadVerifier(call.verified, described, body_md5=writer.md5_bytes)
         content = request.content
-        # Blocks of about CHUNK are handed to threads while the loop reads the next: one
-        # checks a block (PayloadVerifier: SHA-256, checksums), one MD5s it (the ETag;
-        # the slowest hash, ~1.2 ms a MiB here) and one writes it to the file (hashlib
-        # and file writes release the GIL, so they overlap). An aws-chunked block is
-        # written only once decoded, so one thread does it all. Pieces are passed as
-        # received (a list), never joined or copied.
-        running: list[concurrent.futures.Future[Any]] = []
+        # Blocks of about CHUNK go through the stages (_stages) on the S3 threads while
+        # the loop reads the next ones; pieces are passed as received (a list), never
+        # joined or copied.
+        pipeline = Pipeline(self._pool, _stages(verifier, writer, limit), ahead=AHEAD_BLOCKS)
         try:
             with contextlib.suppress(AttributeError):  # aiohttp >= 3.14: buffer a block
                 content.set_read_chunk_size(CHUNK)
@@ -607,26 +605,16 @@ class S3Server:
                         continue
                 elif not content.at_eof():
                     continue  # the end of an HTTP chunk, not of the body
-                if not piece and size <= SMALL_READ and not running:
+                if not piece and size <= SMALL_READ and not pipeline.pushed:
                     # A small body (or the tail of one): not worth a thread hop.
                     _absorb(verifier, writer, pieces, limit)
                     break
-                for future in running:  # the previous block is checked and written
-                    await asyncio.wrap_future(future)
-                if verifier.chunked:
-                    running = [self._pool.submit(_absorb, verifier, writer, pieces, limit)]
-                elif verifier.hashes:
-                    running = [self._pool.submit(_check, verifier, pieces),
-                               self._pool.submit(writer.hash, pieces),
-                               self._pool.submit(_store, writer, pieces, limit)]
-                else:
-                    running = [self._pool.submit(_check_and_hash, verifier, writer, pieces),
-                               self._pool.submit(_store, writer, pieces, limit)]
+                if pieces:
+                    await pipeline.push(pieces)
                 if not piece:
                     break
                 pieces, size = [], 0
-            for future in running:
-                await asyncio.wrap_future(future)
+            await pipeline.finish()
             if request.content_length is not None and \
                     content.total_bytes < request.content_length:
                 raise _incomplete(request.content_length, content.total_bytes)
@@ -634,9 +622,7 @@ class S3Server:
         except BaseException as exc:
             try:  # let the threads finish with the file before removing it (also when
                 # this handler was cancelled: a cancelled wait does not stop a thread)
-                pending = [f for f in running if not f.done()]
-                if pending:
-                    await asyncio.wait([asyncio.wrap_future(f) for f in pending])
+                await pipeline.stop()
             finally:
                 writer.abort()
             if isinstance(exc, ConnectionResetError):  # the client hung up mid-body
@@ -1066,6 +1052,19 @@ def _token(token: str) -> str:
     except (ValueError, UnicodeDecodeError):
         raise invalid_argument("The continuation token provided is incorrect",
                                "continuation-token", token) from None
+
+
+def _stages(verifier: PayloadVerifier, writer: BlobWriter, limit: int) -> list[Stage]:
+    """What a large body goes through, each stage in order over the blocks, the stages
+    at once: the signature checks (SHA-256, checksums), the MD5 (the ETag; the slowest
+    hash, ~1.2 ms a MiB here) and the file write. An aws-chunked body is decoded
+    before it is hashed or written, so one stage does it all."""
+    if verifier.chunked:
+        return [functools.partial(_absorb, verifier, writer, limit=limit)]
+    store = functools.partial(_store, writer, limit=limit)
+    if verifier.hashes:
+        return [functools.partial(_check, verifier), writer.hash, store]
+    return [functools.partial(_check_and_hash, verifier, writer), store]
 
 
 def _check(verifier: PayloadVerifier, pieces: list[bytes]) -> None:

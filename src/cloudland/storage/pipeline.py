@@ -1,0 +1,125 @@
+"""An upload's blocks through several in-order stages at once, on a shared thread pool.
+
+A large body is hashed (MD5 for the ETag; SHA-256 when the payload is signed; a
+checksum when one is sent) and written to a file. Each of those must see the blocks
+in order, but they do not depend on each other, so each is a `Lane`: its blocks run
+one at a time, in order, on the pool, while other lanes run theirs (hashlib and file
+writes release the GIL). The event loop hands every block to every lane and goes
+back to reading the socket; it waits only when `ahead` blocks are not yet through
+every lane (what an upload holds in memory stays bounded) and at the end. The
+slowest lane (MD5 here) then runs without a pause from the first block to the last,
+instead of waiting at every block for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+Block = list[bytes]
+Stage = Callable[[Block], Any]
+
+
+class Lane:
+    """One stage's blocks, run in order on `pool`, one at a time."""
+
+    def __init__(self, stage: Stage, pool: Executor, progressed: Callable[[], None]) -> None:
+        self._stage = stage
+        self._pool = pool
+        self._progressed = progressed  # called (from a pool thread) after each block
+        self._queue: collections.deque[Block] = collections.deque()
+        self._lock = threading.Lock()
+        self.busy = False  # a pool thread is draining the queue
+        self.done = 0  # blocks through this lane (run, or skipped after an error)
+        self.error: BaseException | None = None
+        self._stopped = False
+
+    def push(self, block: Block) -> None:
+        with self._lock:
+            self._queue.append(block)
+            if self.busy:
+                return  # the thread draining the queue will take it
+            self.busy = True
+        try:
+            self._pool.submit(self._drain)
+        except BaseException:  # the pool is shutting down: nothing will drain
+            self.busy = False
+            raise
+
+    def stop(self) -> None:
+        """Skip the blocks still queued (the block being run finishes)."""
+        self._stopped = True
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self.busy = False
+                    break
+                block = self._queue.popleft()
+            if self.error is None and not self._stopped:
+                try:
+                    self._stage(block)
+                except BaseException as exc:  # handed to the event loop by Pipeline
+                    self.error = exc
+            self.done += 1
+            self._progressed()
+        self._progressed()  # `busy` is now False: a stopping upload may go on
+
+
+class Pipeline:
+    """Blocks pushed from the event loop through every stage, at most `ahead` blocks
+    ahead of the slowest lane."""
+
+    def __init__(self, pool: Executor, stages: list[Stage], *, ahead: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._progress = asyncio.Event()
+        self._lanes = [Lane(stage, pool, self._progressed) for stage in stages]
+        self._ahead = ahead
+        self.pushed = 0
+
+    async def push(self, block: Block) -> None:
+        """Hand `block` to every lane; wait while too many blocks are in flight. Raises
+        a lane's error as soon as it is known (no point reading the rest)."""
+        self._raise_error()
+        for lane in self._lanes:
+            lane.push(block)
+        self.pushed += 1
+        while self.pushed - self._done() >= self._ahead:
+            await self._wait()
+            self._raise_error()
+
+    async def finish(self) -> None:
+        """Wait until every block is through every lane; raise the first lane error."""
+        while self._done() < self.pushed:
+            await self._wait()
+        self._raise_error()
+
+    async def stop(self) -> None:
+        """Skip what is queued and wait until no lane runs a block (so the caller may
+        close or remove what the stages write to)."""
+        for lane in self._lanes:
+            lane.stop()
+        while any(lane.busy for lane in self._lanes):
+            await self._wait()
+
+    def _done(self) -> int:
+        return min(lane.done for lane in self._lanes)
+
+    def _raise_error(self) -> None:
+        for lane in self._lanes:
+            if lane.error is not None:
+                raise lane.error
+
+    async def _wait(self) -> None:
+        # Lanes change their counts before they call _progressed, and the event is
+        # set on this loop after this clear(): a wake-up is never lost.
+        self._progress.clear()
+        await self._progress.wait()
+
+    def _progressed(self) -> None:
+        self._loop.call_soon_threadsafe(self._progress.set)

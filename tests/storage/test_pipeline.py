@@ -1,0 +1,105 @@
+"""The upload pipeline: every stage sees every block in order, stages run at once, the
+event loop never gets more than `ahead` blocks in front, errors stop the upload."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cloudland.storage.pipeline import Block, Pipeline
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def test_each_stage_sees_every_block_in_order(pool: ThreadPoolExecutor) -> None:
+    seen: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    async def main() -> None:
+        pipeline = Pipeline(pool, [lambda blk: seen["a"].extend(blk),
+                                   lambda blk: seen["b"].extend(blk)], ahead=3)
+        for n in range(200):
+            await pipeline.push([str(n).encode()])
+        await pipeline.finish()
+
+    asyncio.run(main())
+    expected = [str(n).encode() for n in range(200)]
+    assert seen["a"] == expected and seen["b"] == expected
+
+
+def test_stages_overlap_and_the_loop_stays_at_most_ahead(pool: ThreadPoolExecutor) -> None:
+    """A slow stage holds the loop back after `ahead` blocks, while the fast stage has
+    already taken them: the two ran at once."""
+    gate = threading.Event()
+    fast: list[Block] = []
+
+    def slow(block: Block) -> None:
+        assert gate.wait(10)
+
+    async def main() -> None:
+        pipeline = Pipeline(pool, [slow, fast.append], ahead=2)
+        await pipeline.push([b"1"])
+        pushing = asyncio.ensure_future(pipeline.push([b"2"]))
+        await asyncio.sleep(0)  # let push run up to its wait
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(fast) < 2:  # the fast lane took both while the slow one is stuck
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.001)
+        assert not pushing.done()  # two blocks not through every lane: the loop waits
+        gate.set()
+        await pushing
+        await pipeline.finish()
+
+    asyncio.run(main())
+    assert fast == [[b"1"], [b"2"]]
+
+
+def test_a_stage_error_stops_the_upload_and_skips_the_rest(pool: ThreadPoolExecutor) -> None:
+    ran: list[Block] = []
+
+    def failing(block: Block) -> None:
+        ran.append(block)
+        raise ValueError("too big")
+
+    async def main() -> None:
+        pipeline = Pipeline(pool, [failing], ahead=1)
+        await pipeline.push([b"1"])  # waits for it: ahead=1
+        with pytest.raises(ValueError, match="too big"):
+            await pipeline.push([b"2"])  # the error is known: the block is not taken
+        with pytest.raises(ValueError, match="too big"):
+            await pipeline.finish()
+
+    asyncio.run(main())
+    assert ran == [[b"1"]]
+
+
+def test_stop_skips_queued_blocks_and_waits_for_the_running_one(
+        pool: ThreadPoolExecutor) -> None:
+    started, gate = threading.Event(), threading.Event()
+    ran: list[Block] = []
+
+    def stage(block: Block) -> None:
+        started.set()
+        assert gate.wait(10)
+        ran.append(block)
+
+    async def main() -> None:
+        pipeline = Pipeline(pool, [stage], ahead=10)
+        for n in range(5):
+            await pipeline.push([str(n).encode()])
+        await asyncio.to_thread(started.wait, 10)
+        stopping = asyncio.ensure_future(pipeline.stop())
+        await asyncio.sleep(0.01)
+        assert not stopping.done()  # a block is still being run: its file stays
+        gate.set()
+        await stopping
+
+    asyncio.run(main())
+    assert ran == [[b"0"]]  # the four queued blocks were skipped
