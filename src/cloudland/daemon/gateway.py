@@ -85,12 +85,16 @@ def service_port_admission(service: ResourceService) -> Callable[[str, Object, O
     return admit
 
 
-def _mesh_fingerprint(svc: Object) -> tuple[Any, ...]:
-    """What of a Service the rendering reads: a status write that changes none of it
-    (instance counts, restarts, conditions) needs no new Envoy config."""
-    status = svc.get("status") or {}
+def _mesh_fingerprint(obj: Object) -> tuple[Any, ...]:
+    """What of a Service or Route the rendering reads: a write that changes none of it
+    (a Route's or Service's conditions, instance counts, restarts) needs no new Envoy
+    config. A Route's spec is all of it (its generation moves with the spec)."""
+    meta = obj["metadata"]
+    if obj.get("kind") == "Route":
+        return meta.get("generation"), bool(meta.get("deletionTimestamp"))
+    status = obj.get("status") or {}
     return (tuple(status.get("endpoints") or ()), status.get("address"), status.get("inbound"),
-            (svc.get("spec") or {}).get("mtls"))
+            (obj.get("spec") or {}).get("mtls"))
 
 
 class Gateway:
@@ -112,7 +116,7 @@ class Gateway:
         self.certificates = Certificates(ca_dir, run_dir) if ca_dir is not None else None
         self.problem: str | None = None
         self.invalid: str | None = None  # stored Routes that no longer validate
-        self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._seen: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # kind, ns, name
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
@@ -175,19 +179,18 @@ class Gateway:
         return await self.envoy.prometheus(METRICS_FILTER)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "Route":
+        if change.kind not in ("Route", "Service"):
+            return
+        meta = change.object["metadata"]
+        key = (change.kind, meta["namespace"], meta["name"])
+        if change.type == "DELETED":
+            self._seen.pop(key, None)
             self._dirty.set()
-        elif change.kind == "Service":
-            meta = change.object["metadata"]
-            key = (meta["namespace"], meta["name"])
-            if change.type == "DELETED":
-                self._seen.pop(key, None)
-                self._dirty.set()
-                return
-            fingerprint = _mesh_fingerprint(change.object)
-            if self._seen.get(key) != fingerprint:
-                self._seen[key] = fingerprint
-                self._dirty.set()
+            return
+        fingerprint = _mesh_fingerprint(change.object)
+        if self._seen.get(key) != fingerprint:
+            self._seen[key] = fingerprint
+            self._dirty.set()
 
     async def _follow(self) -> None:
         retry = RETRY_FIRST
