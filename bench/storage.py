@@ -520,6 +520,65 @@ def loopback_mbs(path: Path) -> float:
     return BIG / best / MB
 
 
+@contextlib.contextmanager
+def null_s3(path: Path) -> Iterator[str]:
+    """An "S3 server" that does nothing but HTTP: a PUT's body is read into a reused
+    buffer and dropped, a GET sends `path` with sendfile, a DELETE answers 204. boto3's
+    PUT and GET against it are the client's own ceiling on this machine."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    size = path.stat().st_size
+
+    def serve(conn: socket.socket) -> None:
+        buffer = memoryview(bytearray(BLOCK))
+        with conn, open(path, "rb") as body:
+            pending = b""
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method = lines[0].split(" ", 1)[0]
+                fields = {k.strip().lower(): v.strip() for k, _, v in
+                          (line.partition(":") for line in lines[1:])}
+                if method == "GET":
+                    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n"
+                                 f'ETag: "0"\r\nContent-Type: binary/octet-stream\r\n\r\n'
+                                 .encode())
+                    conn.sendfile(body, 0, size)
+                    continue
+                if fields.get("expect", "").lower() == "100-continue":
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                left = int(fields.get("content-length", "0")) - len(pending)
+                pending = b""
+                while left > 0:
+                    left -= conn.recv_into(buffer, min(left, BLOCK))
+                status = "204 No Content" if method == "DELETE" else "200 OK"
+                conn.sendall(f'HTTP/1.1 {status}\r\nContent-Length: 0\r\nETag: "0"\r\n\r\n'
+                             .encode())
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the bench is done
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def client_ceiling(path: Path) -> tuple[float, float]:
+    """boto3's best PUT and GET MB/s of the file against `null_s3`: what no server can
+    beat with this client here."""
+    with null_s3(path) as url:
+        return big_put_get(make_client(url, "null", "null"), "null", path)
+
+
 def client_hash_s(path: Path) -> float:
     """What boto3 does to a PUT body before sending it over plain HTTP: SHA-256 (the
     signed payload) and CRC32 (its default checksum), each a full read; best of 3."""
@@ -627,6 +686,7 @@ def measure() -> list[Row]:
                 md5, loopback = md5_mbs(src), loopback_mbs(src)
                 cl_put, cl_get = big_put_get(clients["cloudland"], "bench", src)
                 mo_put, mo_get = big_put_get(clients["moto"], "bench", src)
+                ceiling_put, ceiling_get = client_ceiling(src)
                 cl_rput, cl_rget = raw_put_get(clients["cloudland"], "bench", src)
                 mo_rput, mo_rget = raw_put_get(clients["moto"], "bench", src)
             finally:
@@ -637,6 +697,9 @@ def measure() -> list[Row]:
                     f"for the signature, CRC32 checksum): {1000 * hashing:.0f} ms for 64 MiB "
                     f"here, so even a server taking no time could not exceed "
                     f"{BIG / hashing / MB:.0f} MB/s")
+            ceiling_note = ("the same boto3 calls against a server that does only HTTP "
+                            "(a PUT's body read and dropped, a GET sent with sendfile), "
+                            f"best of {BIG_RUNS}: the client's own ceiling here")
             raw_note = ("presigned URLs driven by http.client in 1 MiB blocks, best of "
                         f"{BIG_RUNS}: PUT with UNSIGNED-PAYLOAD (no client hashing), GET "
                         "read into a sink: the servers without boto3's costs")
@@ -647,6 +710,10 @@ def measure() -> list[Row]:
                     3 * mo_rput, "min", raw_note),
                 Row("  GET, server + HTTP (presigned)", cl_rget, "MB/s", mo_rget, "moto",
                     3 * mo_rget, "min", raw_note),
+                Row("  PUT vs boto3 alone", cl_put, "MB/s", ceiling_put, "null server",
+                    None, "min", ceiling_note),
+                Row("  GET vs boto3 alone", cl_get, "MB/s", ceiling_get, "null server",
+                    None, "min", ceiling_note),
                 Row("S3 64 MiB PUT vs file copy", cl_put, "MB/s", copy, "copy+fsync",
                     0.5 * copy, "min", note),
                 Row("S3 64 MiB GET vs file copy", cl_get, "MB/s", copy, "copy+fsync",
