@@ -285,3 +285,39 @@ def test_file_backed_gets_ranges_parts_and_hang_ups(s3_cloudland: Running, s3: A
     assert s3.get_object(Bucket="big-gets", Key="k")["Body"].read() == body
     log = (s3_cloudland.home / "test-daemon.log").read_text(errors="replace")
     assert "/big-gets/k failed" not in log  # a hang-up is not a server error
+
+
+def test_stalled_downloads_hold_no_thread(s3_cloudland: Running, s3: Any,
+                                          access_key: tuple[str, str]) -> None:
+    """A client that stops reading a big download holds none of the S3 server's
+    threads while it waits: with more stalled downloads than threads, lookups and
+    commits (which need one) still go through at once."""
+    import os
+    import socket
+    import urllib.parse
+
+    from cloudland.storage.server import THREADS
+
+    s3.create_bucket(Bucket="stalls")
+    s3.put_object(Bucket="stalls", Key="big", Body=os.urandom(32 * 1024 * 1024))
+    s3.put_object(Bucket="stalls", Key="small", Body=b"small")
+    url = urllib.parse.urlsplit(s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "stalls", "Key": "big"}))
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(THREADS + 4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+            sock.settimeout(10)
+            sock.connect((url.hostname, url.port))
+            sock.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n"
+                         .encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # started; now never read
+            stalled.append(sock)
+        quick = client(s3_cloudland, access_key, read_timeout=10, connect_timeout=5)
+        for n in range(THREADS):
+            assert quick.get_object(Bucket="stalls", Key="small")["Body"].read() == b"small"
+            quick.put_object(Bucket="stalls", Key=f"more-{n}", Body=b"x")
+    finally:
+        for sock in stalled:
+            sock.close()

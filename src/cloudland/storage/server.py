@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import email.utils
 import functools
@@ -23,7 +24,6 @@ import logging
 import os
 import re
 import secrets
-import select
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -702,9 +702,15 @@ class S3Server:
     async def _sendfile(self, request: web.BaseRequest, blob: BinaryIO, start: int,
                         length: int) -> int:
         """Send `length` bytes of `blob` from `start` straight from the page cache to the
-        socket (sendfile, on an S3 thread); how many were sent. 0 when it cannot be used
-        (no socket, TLS, a file without a descriptor, headers still buffered), and the
-        caller writes the rest the ordinary way."""
+        socket (sendfile); how many were sent. 0 when it cannot be used (no socket, TLS,
+        a file without a descriptor, headers still buffered), and the caller writes the
+        rest the ordinary way.
+
+        The sendfile calls run on an S3 thread (a cold page cache means disk reads), but
+        only while the socket takes bytes: when it is full the thread is given back and
+        the loop waits for room. A client that reads slowly, or stops, holds no thread
+        (with threads waiting on sockets, a few such clients would stop every request).
+        """
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         try:
@@ -714,13 +720,29 @@ class S3Server:
         if sock is None or transport is None or transport.get_write_buffer_size() \
                 or transport.get_extra_info("sslcontext") is not None:  # TLS: bytes must
             return 0  # go through the transport to be encrypted
-        # Descriptors of the thread's own, closed when it is done (also if this handler
-        # is cancelled first): the connection or the file may be closed meanwhile and
-        # their numbers reused, but these still name this socket and this file.
+        # Descriptors of our own, closed when no thread uses them any more (also if this
+        # handler is cancelled first): the connection or the file may be closed meanwhile
+        # and their numbers reused, but these still name this socket and this file.
         out, source = os.dup(sock.fileno()), os.dup(file_fd)
-        future = self._pool.submit(_sendfile_all, out, source, start, length)
-        future.add_done_callback(lambda _: _close_all(out, source))
-        return await asyncio.wrap_future(future)
+        running: concurrent.futures.Future[int] | None = None
+        sent = 0
+        try:
+            while sent < length:
+                running = self._pool.submit(_sendfile_some, out, source, start + sent,
+                                            length - sent)
+                n = await asyncio.wrap_future(running)
+                running = None
+                if n < 0:  # the file is shorter than its row says
+                    break
+                sent += n
+                if sent < length:
+                    await _writable(out, SENDFILE_STALL_MS / 1000)
+        finally:
+            if running is not None and not running.done():
+                running.add_done_callback(lambda _: _close_all(out, source))
+            else:
+                _close_all(out, source)
+        return sent
 
     def _part_range(self, info: ObjectInfo, part: str) -> tuple[int, int]:
         number = _int_value(part, "partNumber", 1, MAX_PART_NUMBER)
@@ -1117,25 +1139,40 @@ def _close_all(*fds: int) -> None:
         os.close(fd)
 
 
-def _sendfile_all(out: int, file_fd: int, start: int, length: int) -> int:
-    """sendfile until `length` bytes went out (the socket is non-blocking: wait until it
-    is writable when full); the count sent. A broken connection raises."""
+def _sendfile_some(out: int, file_fd: int, start: int, length: int) -> int:
+    """sendfile until `length` bytes went out or the (non-blocking) socket is full; the
+    count sent, or -1 if the file ended first. A broken connection raises."""
     sent = 0
-    poller = select.poll()
-    poller.register(out, select.POLLOUT)
     while sent < length:
         try:
             n = os.sendfile(out, file_fd, start + sent, length - sent)
         except BlockingIOError:
-            if not poller.poll(SENDFILE_STALL_MS):
-                raise ConnectionResetError("the client stopped reading") from None
-            continue
+            return sent
         except BrokenPipeError:  # the client went away: as a write to a closed transport
             raise ConnectionResetError("the client closed the connection") from None
-        if n == 0:  # the file is shorter than its row says
-            break
+        if n == 0:
+            return sent or -1
         sent += n
     return sent
+
+
+async def _writable(fd: int, timeout: float) -> None:
+    """Wait until the socket `fd` has room again (a client that reads nothing for
+    `timeout` seconds is gone)."""
+    loop = asyncio.get_running_loop()
+    room = loop.create_future()
+
+    def ready() -> None:
+        if not room.done():
+            room.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await asyncio.wait_for(room, timeout)
+    except TimeoutError:
+        raise ConnectionResetError("the client stopped reading") from None
+    finally:
+        loop.remove_writer(fd)
 
 
 def _incomplete(expected: int, got: int) -> S3Error:
