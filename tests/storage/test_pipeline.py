@@ -103,3 +103,31 @@ def test_stop_skips_queued_blocks_and_waits_for_the_running_one(
 
     asyncio.run(main())
     assert ran == [[b"0"]]  # the four queued blocks were skipped
+
+
+def test_uploads_share_one_budget_of_blocks(pool: ThreadPoolExecutor) -> None:
+    """However many upload at once, no more than `budget` blocks are held in all; a
+    block's permit goes back once every lane is through with it."""
+    gate = threading.Event()
+
+    def held(block: Block) -> None:
+        assert gate.wait(10)
+
+    async def main() -> None:
+        budget = asyncio.Semaphore(2)
+        first = Pipeline(pool, [held], ahead=10, budget=budget)
+        second = Pipeline(pool, [held], ahead=10, budget=budget)
+        await first.push([b"1"])
+        await second.push([b"2"])
+        third = asyncio.ensure_future(first.push([b"3"]))
+        await asyncio.sleep(0.01)
+        assert not third.done()  # both permits are with blocks still in their lanes
+        gate.set()
+        await third
+        await first.finish()
+        await second.finish()
+        for _ in range(2):  # every permit is back
+            await asyncio.wait_for(budget.acquire(), 1)
+        assert budget.locked()
+
+    asyncio.run(main())

@@ -6,9 +6,10 @@ in order, but they do not depend on each other, so each is a `Lane`: its blocks 
 one at a time, in order, on the pool, while other lanes run theirs (hashlib and file
 writes release the GIL). The event loop hands every block to every lane and goes
 back to reading the socket; it waits only when `ahead` blocks are not yet through
-every lane (what an upload holds in memory stays bounded) and at the end. The
-slowest lane (MD5 here) then runs without a pause from the first block to the last,
-instead of waiting at every block for the others.
+every lane, or when all uploads together hold `budget` blocks (what the server holds
+in memory stays bounded however many upload at once), and at the end. The slowest
+lane (MD5 here) then runs without a pause from the first block to the last, instead
+of waiting at every block for the others.
 """
 
 from __future__ import annotations
@@ -75,17 +76,22 @@ class Pipeline:
     """Blocks pushed from the event loop through every stage, at most `ahead` blocks
     ahead of the slowest lane."""
 
-    def __init__(self, pool: Executor, stages: list[Stage], *, ahead: int) -> None:
+    def __init__(self, pool: Executor, stages: list[Stage], *, ahead: int,
+                 budget: asyncio.Semaphore | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._progress = asyncio.Event()
         self._lanes = [Lane(stage, pool, self._progressed) for stage in stages]
         self._ahead = ahead
+        self._budget = budget  # one permit per block in flight, shared by all uploads
+        self._released = 0  # blocks whose permit went back
         self.pushed = 0
 
     async def push(self, block: Block) -> None:
         """Hand `block` to every lane; wait while too many blocks are in flight. Raises
         a lane's error as soon as it is known (no point reading the rest)."""
         self._raise_error()
+        if self._budget is not None:
+            await self._budget.acquire()
         for lane in self._lanes:
             lane.push(block)
         self.pushed += 1
@@ -121,5 +127,12 @@ class Pipeline:
         self._progress.clear()
         await self._progress.wait()
 
-    def _progressed(self) -> None:
-        self._loop.call_soon_threadsafe(self._progress.set)
+    def _progressed(self) -> None:  # on a pool thread
+        self._loop.call_soon_threadsafe(self._on_progress)
+
+    def _on_progress(self) -> None:  # on the loop
+        if self._budget is not None:
+            for _ in range(self._done() - self._released):
+                self._budget.release()
+            self._released = max(self._released, self._done())
+        self._progress.set()

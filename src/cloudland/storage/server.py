@@ -57,6 +57,7 @@ MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
 CHUNK = 1 << 20
 AHEAD_BLOCKS = 8  # an upload's blocks in flight through its stages (~8 MiB held)
+BUDGET_BLOCKS = 64  # all uploads' blocks in flight together (~64 MiB held at most)
 THREADS = 8  # the S3 server's own threads for disk work
 SENDFILE_STALL_MS = 60_000  # a client that reads nothing for this long is gone
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
@@ -277,6 +278,7 @@ class S3Server:
         # Disk work (fsyncs, hashing, big reads, multipart joins) gets threads of its own,
         # so a burst of uploads cannot starve the rest of CloudLand's default executor.
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="s3")
+        self._budget = asyncio.Semaphore(BUDGET_BLOCKS)
         # Request ids: unique per server run, no system call per request.
         self._id_prefix = secrets.token_hex(4).upper()
         self._ids = itertools.count(1)
@@ -590,7 +592,8 @@ class S3Server:
         # Blocks of about CHUNK go through the stages (_stages) on the S3 threads while
         # the loop reads the next ones; pieces are passed as received (a list), never
         # joined or copied.
-        pipeline = Pipeline(self._pool, _stages(verifier, writer, limit), ahead=AHEAD_BLOCKS)
+        pipeline = Pipeline(self._pool, _stages(verifier, writer, limit), ahead=AHEAD_BLOCKS,
+                            budget=self._budget)
         try:
             with contextlib.suppress(AttributeError):  # aiohttp >= 3.14: buffer a block
                 content.set_read_chunk_size(CHUNK)
