@@ -208,6 +208,18 @@ def test_replaced_and_deleted_blobs_are_unlinked_off_the_committing_thread(
     assert "could not remove" in caplog.text
 
 
+def test_a_commit_that_ends_after_close_still_removes_what_it_replaced(
+        tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "late", inline_max=0)  # a blob file
+    store.create_bucket("b")
+    info = put(store, "b", "k", b"x" * 10)
+    store._reaper.stop()  # what close() does first; a commit on another thread ends after
+    assert store.delete("b", "k") == info
+    assert info.blob and not store.blob_path(info.blob).exists()
+    store.settle()  # returns: nothing is queued for a stopped reaper
+    store.close()
+
+
 def test_delete_is_idempotent(store: ObjectStore) -> None:
     store.create_bucket("b")
     info = put(store, "b", "k")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -131,3 +132,40 @@ def test_uploads_share_one_budget_of_blocks(pool: ThreadPoolExecutor) -> None:
         assert budget.locked()
 
     asyncio.run(main())
+
+
+def test_a_pool_shut_down_under_an_upload_fails_it_instead_of_hanging() -> None:
+    """S3Server.stop shuts its pool down with cancel_futures: a lane whose job was
+    cancelled before it ran ends the upload with an error; finish and stop return."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    gate = threading.Event()
+
+    async def main() -> None:
+        pipeline = Pipeline(pool, [lambda blk: gate.wait(10), lambda blk: None], ahead=8)
+        await pipeline.push([b"x"])  # the first lane has the only thread, the second waits
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        with pytest.raises(RuntimeError, match="shut down"):
+            await asyncio.wait_for(pipeline.finish(), 10)
+        await asyncio.wait_for(pipeline.stop(), 10)
+        with pytest.raises(RuntimeError):  # and pushing more fails at once
+            await pipeline.push([b"y"])
+
+    asyncio.run(main())
+    pool.shutdown(wait=True)
+
+
+def test_a_long_upload_leaves_room_for_other_pool_work() -> None:
+    """A lane's job runs a few blocks, then queues the rest behind what else waits: a
+    lookup submitted mid-upload waits for a block or two, not for the whole upload."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        async def main() -> None:
+            pipeline = Pipeline(pool, [lambda blk: time.sleep(0.002)], ahead=50)
+            for n in range(40):
+                await pipeline.push([str(n).encode()])
+            await asyncio.wrap_future(pool.submit(lambda: None))
+            assert pipeline._lanes[0].done < 40  # it ran while the upload still had work
+            await pipeline.finish()
+
+        asyncio.run(main())

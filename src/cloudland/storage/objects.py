@@ -242,10 +242,14 @@ class _Reaper:
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Path | None] = queue.Queue(self.MAX_QUEUED)
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="s3-reaper", daemon=True)
         self._thread.start()
 
     def discard(self, path: Path) -> None:
+        if self._stopped:  # a commit that finished after close(): nobody reads the queue
+            _unlink(path)
+            return
         try:
             self._queue.put_nowait(path)
         except queue.Full:
@@ -253,9 +257,14 @@ class _Reaper:
 
     def settle(self) -> None:
         """Wait until every file handed over so far is unlinked."""
-        self._queue.join()
+        if not self._stopped:
+            self._queue.join()
 
     def stop(self) -> None:
+        """Unlink what is queued and end the thread; later discards unlink at once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._queue.put(None)
         self._thread.join()
 
@@ -836,6 +845,8 @@ class ObjectStore:
 
     # Buckets are few and change rarely, and only through this store (one per root), so
     # they are also kept in memory: `bucket`, asked on every request, reads no database.
+    # The dict is replaced on every change, never changed in place, so readers on other
+    # threads need no lock.
 
     def create_bucket(self, name: str, region: str = "us-east-1") -> BucketInfo:
         info = BucketInfo(name=name, created=time.time(), region=region, public_read=False)
@@ -847,7 +858,7 @@ class ObjectStore:
                                   BucketName=name)
                 db.execute("INSERT INTO buckets VALUES (?, ?, ?, 0)",
                            (name, info.created, region))
-            self._buckets[name] = info
+            self._buckets = {**self._buckets, name: info}
         return info
 
     def delete_bucket(self, name: str) -> None:
@@ -861,7 +872,7 @@ class ObjectStore:
                     raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not "
                                   "empty", 409, BucketName=name)
                 db.execute("DELETE FROM buckets WHERE name = ?", (name,))
-            self._buckets.pop(name, None)
+            self._buckets = {n: b for n, b in self._buckets.items() if n != name}
 
     def bucket(self, name: str) -> BucketInfo:
         info = self._buckets.get(name)
@@ -874,7 +885,7 @@ class ObjectStore:
         """From memory (every bucket is kept there): no query on the caller's thread."""
         if max_buckets <= 0:
             return [], False
-        chosen = sorted((b for b in list(self._buckets.values())  # a copy: writers add
+        chosen = sorted((b for b in self._buckets.values()
                          if b.name > start_after and b.name.startswith(prefix)),
                         key=lambda b: b.name)  # names are ASCII: str order is byte order
         return chosen[:max_buckets], len(chosen) > max_buckets
@@ -885,7 +896,8 @@ class ObjectStore:
                 if db.execute("UPDATE buckets SET public_read = ? WHERE name = ?",
                               (int(public), name)).rowcount == 0:
                     raise no_such_bucket(name)
-            self._buckets[name] = dataclasses.replace(self._buckets[name], public_read=public)
+            self._buckets = {**self._buckets,
+                             name: dataclasses.replace(self._buckets[name], public_read=public)}
 
     # -- objects ----------------------------------------------------------------------
 

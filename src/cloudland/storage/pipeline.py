@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 Block = list[bytes]
@@ -26,7 +27,11 @@ Stage = Callable[[Block], Any]
 
 
 class Lane:
-    """One stage's blocks, run in order on `pool`, one at a time."""
+    """One stage's blocks, run in order on `pool`, one at a time; a pool job runs at
+    most RUN blocks and then queues the next, so other work on the pool (lookups,
+    commits, other uploads) gets a thread between blocks."""
+
+    RUN = 2
 
     def __init__(self, stage: Stage, pool: Executor, progressed: Callable[[], None]) -> None:
         self._stage = stage
@@ -43,20 +48,24 @@ class Lane:
         with self._lock:
             self._queue.append(block)
             if self.busy:
-                return  # the thread draining the queue will take it
+                return  # the job draining the queue will take it
             self.busy = True
-        try:
-            self._pool.submit(self._drain)
-        except BaseException:  # the pool is shutting down: nothing will drain
-            self.busy = False
-            raise
+        self._submit()
 
     def stop(self) -> None:
         """Skip the blocks still queued (the block being run finishes)."""
         self._stopped = True
 
+    def _submit(self) -> None:
+        try:
+            job = self._pool.submit(self._drain)
+        except RuntimeError as exc:  # the pool is shut down: nothing will drain
+            self._abandon(exc)
+            raise
+        job.add_done_callback(self._cancelled)
+
     def _drain(self) -> None:
-        while True:
+        for _ in range(self.RUN):
             with self._lock:
                 if not self._queue:
                     self.busy = False
@@ -69,7 +78,31 @@ class Lane:
                     self.error = exc
             self.done += 1
             self._progressed()
+        else:  # RUN blocks done: the rest in a new job, behind what else waits
+            with self._lock:
+                more = bool(self._queue)
+                self.busy = more
+            if more:
+                with contextlib.suppress(RuntimeError):  # shut down: _abandon'ed
+                    self._submit()
+                return
         self._progressed()  # `busy` is now False: a stopping upload may go on
+
+    def _cancelled(self, job: Future[None]) -> None:
+        if job.cancelled():  # the pool shut down before the job ran
+            self._abandon(RuntimeError("the S3 threads were shut down"))
+
+    def _abandon(self, error: BaseException) -> None:
+        """No job will drain the queue: count its blocks as skipped, so waiting for
+        this lane ends (and the upload fails with `error`)."""
+        with self._lock:
+            skipped = len(self._queue)
+            self._queue.clear()
+            self.busy = False
+        self.error = self.error or error
+        self.done += skipped
+        with contextlib.suppress(RuntimeError):  # the loop itself may be gone
+            self._progressed()
 
 
 class Pipeline:
