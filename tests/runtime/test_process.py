@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 from cloudland.runtime.cgroups import CgroupHost, current_paths
@@ -101,6 +102,33 @@ class TestProcessDriver(DriverSuite):
                 await zygotes.close()
 
         self.run(tmp_path, body)
+
+
+    def test_an_owned_cgroup_parent_is_removed_at_close_once_empty(
+            self, tmp_path: Path) -> None:
+        """A CloudLand's per-home parent goes with it (each run used to leave one behind
+        in the machine-wide tree); while an instance is still in it, it stays."""
+        parent = f"cloudland-test-own-{uuid.uuid4().hex[:8]}"
+        kept = ProcessDriver(tmp_path / "a", cgroup_parent=parent, owns_cgroup_parent=True)
+        if not kept.capabilities().cgroups:
+            return  # nothing made, nothing to remove
+        dirs = list(kept.cgroups.parents.values())
+        assert dirs and all(d.is_dir() for d in dirs)
+
+        async def body() -> None:
+            spec = self.spec(tmp_path, ["sleep", "300"])
+            handle = await kept.start(spec)
+            await kept.close()  # an instance is still in the parent: it stays
+            assert all(d.is_dir() for d in dirs)
+            again = ProcessDriver(tmp_path / "b", cgroup_parent=parent,
+                                  owns_cgroup_parent=True)
+            assert await again.recover(handle)  # as a restarted CloudLand adopts it
+            await again.stop(handle, grace=0.2)
+            await again.destroy(handle)
+            await again.close()
+            assert not any(d.exists() for d in dirs)
+
+        asyncio.run(body())
 
 
 class TestProcessDriverWithoutCgroups(DriverSuite):

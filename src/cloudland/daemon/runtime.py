@@ -38,7 +38,9 @@ def build_runtimes(home: Home) -> Runtimes:
     cgroups = "cloudland-" + hashlib.sha256(str(home.root).encode()).hexdigest()[:8]
     zygotes = ZygotePool(run_dir / "zygotes")
     drivers: dict[str, Driver] = {
-        "process": ProcessDriver(run_dir / "process", cgroup_parent=cgroups, zygotes=zygotes),
-        "sandbox": SandboxDriver(run_dir / "sandbox", cgroup_parent=cgroups + "-sandbox"),
+        "process": ProcessDriver(run_dir / "process", cgroup_parent=cgroups,
+                                 owns_cgroup_parent=True, zygotes=zygotes),
+        "sandbox": SandboxDriver(run_dir / "sandbox", cgroup_parent=cgroups + "-sandbox",
+                                 owns_cgroup_parent=True),
     }
     return Runtimes(Runtime(drivers=drivers, log_root=home.log_dir / "instances"), zygotes)

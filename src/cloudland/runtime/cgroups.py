@@ -228,6 +228,14 @@ class CgroupHost:
     def memory(self) -> bool:
         return "memory" in self.parents or "memory" in self.v2_limits
 
+    def release(self) -> None:
+        """Remove the parent directories if nothing is left in them: an empty parent
+        outliving its CloudLand is a leak (one per home and run, under a machine-wide
+        tree); one that still holds instances is kept (rmdir refuses)."""
+        for path in self.parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
     def existing(self, instance_id: str) -> InstanceCgroup | None:
         """The directories an earlier run of `instance_id` left, if any."""
         dirs = {role: str(parent / instance_id) for role, parent in self.parents.items()

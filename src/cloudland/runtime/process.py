@@ -72,11 +72,15 @@ class ProcessDriver:
     isolation: ClassVar[Literal["none", "namespaces", "container"]] = "none"
 
     def __init__(self, run_dir: Path, *, cgroup_parent: str = "cloudland",
+                 owns_cgroup_parent: bool = False,
                  zygotes: ZygotePool | None = None, log_max_bytes: int = MAX_BYTES,
                  log_interval: float = 1.0) -> None:
+        """`owns_cgroup_parent`: no other driver uses `cgroup_parent` (a CloudLand's
+        per-home one), so close() removes it once it is empty."""
         self.run_dir = Path(run_dir)
         self.zygotes = zygotes
         self.cgroups = CgroupHost.detect(cgroup_parent)
+        self._owns_cgroup_parent = owns_cgroup_parent
         self.rotator = LogRotator(max_bytes=log_max_bytes, interval=log_interval)
         self._tracked: dict[str, Tracked] = {}
 
@@ -411,3 +415,5 @@ class ProcessDriver:
             if t.exited is not None and not t.exited.done():
                 t.exited.cancel()
         self._tracked.clear()
+        if self._owns_cgroup_parent:
+            self.cgroups.release()

@@ -44,9 +44,11 @@ class SandboxDriver(ProcessDriver):
     isolation: ClassVar[Literal["none", "namespaces", "container"]] = "namespaces"
 
     def __init__(self, run_dir: Path, *, cgroup_parent: str = "cloudland",
+                 owns_cgroup_parent: bool = False,
                  share_net: bool = True, bwrap: str | None = None,
                  log_max_bytes: int = MAX_BYTES, log_interval: float = 1.0) -> None:
-        super().__init__(run_dir, cgroup_parent=cgroup_parent, zygotes=None,
+        super().__init__(run_dir, cgroup_parent=cgroup_parent,
+                         owns_cgroup_parent=owns_cgroup_parent, zygotes=None,
                          log_max_bytes=log_max_bytes, log_interval=log_interval)
         self.share_net = share_net
         self.bwrap = bwrap or shutil.which("bwrap")
