@@ -117,11 +117,13 @@ def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None) 
     this process's environment)."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "test-daemon.log", "ab")  # noqa: SIM115
+    started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudland", "up", "--home", str(home), "--api-port", "0",
          *extra],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, **(env or {})},
+        # A crash in native code (SIGSEGV, SIGABRT) leaves every thread's traceback in the log.
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
     )
     log.close()
     running = Running(home, proc)
@@ -129,14 +131,35 @@ def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None) 
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(
-                "cloudland up exited:\n" + (home / "test-daemon.log").read_text())
+                f"cloudland up exited ({exit_description(proc.returncode)}, "
+                f"{time.monotonic() - started:.1f}s after start):\n"
+                + (home / "test-daemon.log").read_text())
         try:
             return running.state.get("pid") == proc.pid
         except (OSError, ValueError):
             return False
 
-    wait_for(ready, timeout=20, message="cloudland up to become ready")
+    try:
+        wait_for(ready, timeout=20, message="cloudland up to become ready")
+    except AssertionError as exc:
+        exited = proc.returncode is not None
+        running.stop()  # one that never became ready must not outlive the test
+        if exited:
+            raise
+        raise AssertionError(f"{exc}; its log:\n"
+                             + (home / "test-daemon.log").read_text()) from None
     return running
+
+
+def exit_description(code: int) -> str:
+    """A Popen returncode as words: a signal by name (who killed it is the question
+    then, not what it logged), else the exit status."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 @pytest.fixture
