@@ -133,8 +133,16 @@ def test_strict_can_be_turned_off_again(cloudland: Running, tmp_path: Path) -> N
         wait_for(lambda: "inbound" not in status(client, "ledger"), timeout=10,
                  message="the inbound address released")
         mesh = status(client, "ledger")["address"]
-    wait_for(lambda: httpx.get(f"http://{mesh}/", timeout=5).text == "hello v1", timeout=10,
-             message="ledger served in plain text again")
+
+    def plain_text() -> bool:
+        # Until Envoy has taken the new config the mesh address may refuse for a moment
+        # (seen once in a loaded full run); what must hold is that it serves again.
+        try:
+            return httpx.get(f"http://{mesh}/", timeout=5).text == "hello v1"
+        except httpx.TransportError:
+            return False
+
+    wait_for(plain_text, timeout=10, message="ledger served in plain text again")
 
 
 @pytest.mark.parametrize("path", ["/a(?=b)", "/x/(abc"])

@@ -104,6 +104,21 @@ class TestProcessDriver(DriverSuite):
         self.run(tmp_path, body)
 
 
+    def test_an_exited_instance_gives_its_cgroup_back_before_it_is_destroyed(
+            self, tmp_path: Path) -> None:
+        """A finished Job's instance is kept (its status, its logs), but its empty
+        cgroup goes at once: kept ones piled up in the machine's tree."""
+        async def body(driver: Driver) -> None:
+            spec = self.spec(tmp_path, ["true"])
+            handle = await driver.start(spec)
+            status = await asyncio.wait_for(driver.wait(handle), 10)
+            assert status.exit_code == 0
+            if handle.cgroup:
+                assert not Path("/sys/fs/cgroup/unified", handle.cgroup).exists()
+            await driver.destroy(handle)  # still fine afterwards
+
+        self.run(tmp_path, body)
+
     def test_an_owned_cgroup_parent_is_removed_at_close_once_empty(
             self, tmp_path: Path) -> None:
         """A CloudLand's per-home parent goes with it (each run used to leave one behind

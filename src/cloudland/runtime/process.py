@@ -250,6 +250,12 @@ class ProcessDriver:
 
     async def _finish(self, t: Tracked) -> None:
         status = await self._collect(t)
+        if t.cgroup is not None and not t.cgroup.populated():
+            # Nothing is left in it (its OOM count is read): an exited instance that is
+            # kept (a finished Job's) must not keep a cgroup until it is destroyed, or
+            # outlive CloudLand in the machine's tree. One with leftovers stays, so
+            # destroy() can still kill them.
+            await asyncio.to_thread(t.cgroup.remove)
         if t.exited is not None and not t.exited.done():
             t.exited.set_result(status)
 
