@@ -11,9 +11,12 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+PROBE_RETRIES = 10  # x 5 ms: far longer than a probe holds the lock
 
 
 def default_home() -> Path:
@@ -107,11 +110,18 @@ class HomeLock:
 
     def acquire(self) -> bool:
         fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        # `is_locked` probes by taking the lock for an instant: a probe (`cloudland
+        # status` in a loop, say) must not make a starting supervisor think another
+        # one runs, so a refused lock is asked for again for a moment.
+        for attempt in range(PROBE_RETRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == PROBE_RETRIES - 1:
+                    os.close(fd)
+                    return False
+                time.sleep(0.005)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
