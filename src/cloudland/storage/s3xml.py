@@ -73,10 +73,15 @@ def _write(out: list[str], nodes: Iterable[Node]) -> None:
             out.append(f"<{tag}>{text}</{tag}>" if text else f"<{tag} />")
 
 
-def _element(root: str, attributes: str, nodes: Iterable[Node]) -> bytes:
+def fragment(nodes: Iterable[Node]) -> Raw:
+    """Nodes written as XML text, to put into a document as one `Raw` value."""
     out: list[str] = []
     _write(out, nodes)
-    body = "".join(out)
+    return Raw("".join(out))
+
+
+def _element(root: str, attributes: str, nodes: Iterable[Node]) -> bytes:
+    body = fragment(nodes)
     if body:
         return _encode(f"{HEADER}<{root}{attributes}>{body}</{root}>")
     return _encode(f"{HEADER}<{root}{attributes} />")

@@ -44,7 +44,7 @@ from cloudland.storage.objects import (
     check_key,
 )
 from cloudland.storage.pipeline import Pipeline, Stage
-from cloudland.storage.s3xml import Node, Raw, document, escape, iso8601
+from cloudland.storage.s3xml import Node, Raw, document, escape, fragment, iso8601
 from cloudland.storage.sigv4 import Credentials, PayloadVerifier, Verified, uri_encode, verify
 
 log = logging.getLogger("cloudland.s3")
@@ -1018,7 +1018,7 @@ def _owner() -> list[Node]:
     return [("ID", "cloudland"), ("DisplayName", "cloudland")]
 
 
-_OWNER_XML = "<Owner><ID>cloudland</ID><DisplayName>cloudland</DisplayName></Owner>"
+_OWNER_XML = fragment([("Owner", _owner())])  # written once, put into every listed entry
 
 
 def _listed_xml(o: Listed, encode: Callable[[str], str], *, owner: bool,
