@@ -31,6 +31,7 @@ boto3 client code (`signature_version="s3v4"`, path-style addressing):
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import hashlib
@@ -542,9 +543,18 @@ def loopback_mbs(path: Path) -> float:
 def null_s3(path: Path) -> Iterator[str]:
     """An "S3 server" that does nothing but HTTP: a PUT's body is read into a reused
     buffer and dropped, a GET sends `path` with sendfile, a DELETE answers 204. boto3's
-    PUT and GET against it are the client's own ceiling on this machine."""
+    PUT and GET against it are the client's own ceiling on this machine.
+
+    A GET answers with the object's CRC32 when the client asks for it, as S3 (and
+    CloudLand and moto) do: boto3 asks by default and then checks the CRC32 of every
+    byte it reads, which is part of what a download costs it."""
     listener = socket.create_server(("127.0.0.1", 0))
     size = path.stat().st_size
+    crc32 = 0
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            crc32 = zlib.crc32(block, crc32)
+    checksum = base64.b64encode(crc32.to_bytes(4, "big")).decode()
 
     def serve(conn: socket.socket) -> None:
         buffer = memoryview(bytearray(BLOCK))
@@ -562,7 +572,9 @@ def null_s3(path: Path) -> Iterator[str]:
                 fields = {k.strip().lower(): v.strip() for k, _, v in
                           (line.partition(":") for line in lines[1:])}
                 if method == "GET":
-                    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n"
+                    asked = fields.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+                    extra = f"x-amz-checksum-crc32: {checksum}\r\n" if asked else ""
+                    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n{extra}"
                                  f'ETag: "0"\r\nContent-Type: binary/octet-stream\r\n\r\n'
                                  .encode())
                     conn.sendfile(body, 0, size)
@@ -716,7 +728,8 @@ def measure() -> list[Row]:
                     f"here, so even a server taking no time could not exceed "
                     f"{BIG / hashing / MB:.0f} MB/s")
             ceiling_note = ("the same boto3 calls against a server that does only HTTP "
-                            "(a PUT's body read and dropped, a GET sent with sendfile), "
+                            "(a PUT's body read and dropped, a GET sent with sendfile "
+                            "and the CRC32 header boto3 then checks, as S3 sends), "
                             f"best of {BIG_RUNS}: the client's own ceiling here")
             raw_note = ("presigned URLs driven by http.client in 1 MiB blocks, best of "
                         f"{BIG_RUNS}: PUT with UNSIGNED-PAYLOAD (no client hashing), GET "
