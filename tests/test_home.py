@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,8 +18,8 @@ def test_one_supervisor_per_home_and_a_probe_is_not_one(tmp_path: Path) -> None:
     home.root.mkdir(parents=True)
     first = HomeLock(home)
     assert not home.is_locked()
-    # Probes (`cloudland status` in a loop) take the lock for an instant, again and
-    # again, while a supervisor starts: it must still get the lock.
+    # Probes (`cloudland status` in a loop), again and again while a supervisor
+    # starts, must never make the home look taken.
     stop = threading.Event()
 
     def probe() -> None:
@@ -38,3 +42,25 @@ def test_one_supervisor_per_home_and_a_probe_is_not_one(tmp_path: Path) -> None:
     finally:
         first.release()
     assert not home.is_locked()
+
+
+def test_a_lock_held_by_another_process_is_seen_and_dies_with_it(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cloudland.home import Home, HomeLock; "
+         f"assert HomeLock(Home.resolve({str(home.root)!r})).acquire(); "
+         "print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert home.is_locked()
+        assert not HomeLock(home).acquire()
+        assert home.lock_path.read_text() == str(holder.pid)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # as a crash: the kernel drops the lock
+        holder.wait(10)
+    assert not home.is_locked()
+    again = HomeLock(home)
+    assert again.acquire()
+    again.release()

@@ -7,16 +7,24 @@ the daemon and the CLI use this module; it imports nothing else of ours.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import struct
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROBE_RETRIES = 10  # x 5 ms: far longer than a probe holds the lock
+# struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (and padding).
+_FLOCK = "hhqqi4x"
+
+
+def _whole_file_lock(fd: int, command: int, kind: int) -> int:
+    """An open-file-description lock call on the whole file; the l_type it returns."""
+    answer = fcntl.fcntl(fd, command, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
+    return int(struct.unpack(_FLOCK, answer)[0])
 
 
 def default_home() -> Path:
@@ -77,18 +85,17 @@ class Home:
         self.state_path.unlink(missing_ok=True)
 
     def is_locked(self) -> bool:
-        """True while a supervisor holds this home's lock."""
+        """True while a supervisor holds this home's lock. Asks the kernel whether the
+        lock could be taken (F_OFD_GETLK) without taking it, so a probe never makes a
+        starting supervisor think the home is taken."""
         try:
             fd = os.open(self.lock_path, os.O_RDONLY)
         except FileNotFoundError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            return _whole_file_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
         finally:
             os.close(fd)
-        return False
 
     def running_state(self) -> dict[str, Any] | None:
         """The state of the supervisor running on this home, or None."""
@@ -98,10 +105,12 @@ class Home:
 
 
 class HomeLock:
-    """An exclusive flock on the home, held for the supervisor's lifetime.
+    """An exclusive lock on the home, held for the supervisor's lifetime.
 
-    The kernel drops it when the process dies, even by kill -9, so a stale
-    lock never blocks the next `up`.
+    An open-file-description lock (F_OFD_SETLK): like flock it belongs to the open
+    file, not the process, and the kernel drops it when the process dies, even by
+    kill -9, so a stale lock never blocks the next `up`; unlike flock it can be
+    probed without being taken (`Home.is_locked`).
     """
 
     def __init__(self, home: Home) -> None:
@@ -110,18 +119,13 @@ class HomeLock:
 
     def acquire(self) -> bool:
         fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        # `is_locked` probes by taking the lock for an instant: a probe (`cloudland
-        # status` in a loop, say) must not make a starting supervisor think another
-        # one runs, so a refused lock is asked for again for a moment.
-        for attempt in range(PROBE_RETRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == PROBE_RETRIES - 1:
-                    os.close(fd)
-                    return False
-                time.sleep(0.005)
+        try:
+            _whole_file_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
