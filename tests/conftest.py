@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -112,9 +113,10 @@ def run_cli(*args: str, input: str | None = None,
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
-def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None) -> Running:
+def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None,
+                    open_files: tuple[int, int] | None = None) -> Running:
     """Start `cloudland up` as a real process in its own process group (`env` adds to
-    this process's environment)."""
+    this process's environment; `open_files` is its (soft, hard) RLIMIT_NOFILE)."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "test-daemon.log", "ab")  # noqa: SIM115
     started = time.monotonic()
@@ -124,6 +126,8 @@ def start_cloudland(home: Path, *extra: str, env: dict[str, str] | None = None) 
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
         # A crash in native code (SIGSEGV, SIGABRT) leaves every thread's traceback in the log.
         env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
+        preexec_fn=None if open_files is None else
+        lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
     )
     log.close()
     running = Running(home, proc)

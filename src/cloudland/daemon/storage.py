@@ -138,13 +138,13 @@ class Storage:
     """The object store, its S3 server and its event delivery, started and stopped as one."""
 
     def __init__(self, service: ResourceService, root: Path, *, port: int,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", max_connections: int = 1024) -> None:
         self.store = ObjectStore(root)
         self.rules = BucketRules(service)
         self.events = S3Events(self.rules)
         self.keys = AccessKeys(service)
         self.server = S3Server(self.store, self.keys, host=host, port=port,
-                               events=self.events)
+                               events=self.events, max_connections=max_connections)
 
     @property
     def url(self) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -67,6 +68,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one, for CloudLand and what
+    it starts (Envoy, instances); the limit in force. Every connection, log file and
+    instance pipe costs one, and the usual soft limit of 1024 is soon reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep what we have
+        return soft
+    return wanted
+
+
+def connection_budget(open_files: int) -> int:
+    """Connections each server (API, S3) may hold open: a quarter of the descriptors,
+    so a client that leaks connections to one never leaves the rest without any."""
+    return max(64, min(8192, open_files // 4))
+
+
 @dataclass
 class Supervisor:
     home: Home
@@ -79,6 +101,7 @@ class Supervisor:
     gateway_error: str = "not started"
     storage_error: str | None = "not started"
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: int = 1024  # per server; set from the descriptor limit in run()
 
     @property
     def gateway_logs(self) -> Path:
@@ -89,6 +112,7 @@ class Supervisor:
         self._stop.set()
 
     async def run(self) -> None:
+        self.connections = connection_budget(raise_open_files_limit())
         self.home.ensure()
         lock = HomeLock(self.home)
         if not lock.acquire():
@@ -125,7 +149,8 @@ class Supervisor:
         host, port = sock.getsockname()[:2]
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
-                                             lifespan="off", timeout_graceful_shutdown=3))
+                                             lifespan="off", timeout_graceful_shutdown=3,
+                                             limit_concurrency=self.connections))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -181,7 +206,8 @@ class Supervisor:
         """The object store; CloudLand runs on without it if it cannot be opened (a
         corrupt database, another CloudLand holding its directory)."""
         try:
-            return Storage(service, self.home.root / "objects", port=self.s3_port)
+            return Storage(service, self.home.root / "objects", port=self.s3_port,
+                           max_connections=self.connections)
         except Exception as exc:  # a boundary: report it in status, keep the rest up
             self.storage_error = f"the object store could not be opened: {exc}"
             log.error("%s", self.storage_error)

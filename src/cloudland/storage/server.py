@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -60,6 +60,7 @@ AHEAD_BLOCKS = 8  # an upload's blocks in flight through its stages (~8 MiB held
 BUDGET_BLOCKS = 64  # all uploads' blocks in flight together (~64 MiB held at most)
 THREADS = 8  # the S3 server's own threads for disk work
 SENDFILE_STALL_MS = 60_000  # a client that reads nothing for this long is gone
+IDLE_TIMEOUT_S = 60  # a connection with no request in progress for this long is closed
 SMALL_READ = 64 << 10  # smaller reads are done inline: a thread hop costs more than them
 RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
                       ("response-content-disposition", "Content-Disposition"),
@@ -267,8 +268,10 @@ class S3Server:
 
     def __init__(self, store: ObjectStore, credentials: CredentialLookup, *,
                  host: str = "127.0.0.1", port: int = 0, domain: str = "localhost",
-                 region: str = "us-east-1", events: EventSink | None = None) -> None:
+                 region: str = "us-east-1", events: EventSink | None = None,
+                 max_connections: int = 1024) -> None:
         self.store = store
+        self.max_connections = max_connections
         self.credentials = credentials
         self.host, self.port = host, port
         self.domain = domain
@@ -295,8 +298,9 @@ class S3Server:
     async def start(self) -> None:
         # aiohttp's low-level server: every request goes to the one handler, without an
         # application's router and middleware machinery on the way (S3's hot path).
-        server = web.Server(self.handle, access_log=None, max_line_size=16384,
-                            max_field_size=16384)
+        server = _BoundedServer(self.handle, limit=self.max_connections, access_log=None,
+                                max_line_size=16384, max_field_size=16384,
+                                keepalive_timeout=IDLE_TIMEOUT_S)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -1135,6 +1139,46 @@ async def _continue(request: web.BaseRequest) -> None:
     await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
     # Not the response yet: an error answered now must still be written in full.
     request.writer.output_size = 0
+
+
+class _BoundedServer(web.Server):
+    """aiohttp's low-level server with at most `limit` connections open: one past it is
+    answered 503 SlowDown (clients back off and retry) and closed at once. Every
+    connection holds a descriptor of the process the whole of CloudLand runs in, so
+    clients that open connections and never close them must not use them all up."""
+
+    def __init__(self, handler: Any, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.limit = limit
+        self.open = 0
+
+    def __call__(self) -> Any:
+        return _Busy() if self.open >= self.limit else super().__call__()
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        self.open += 1
+        super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        self.open -= 1
+        super().connection_lost(handler, exc)
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past the limit: S3's answer to too many requests, then goodbye."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.WriteTransport, transport)  # uvloop's are not subclasses
+        stream.write(_BUSY)
+        stream.close()
+
+
+_BUSY_BODY = s3xml.error_document(
+    S3Error("SlowDown", "Please reduce your request rate: too many open connections.", 503),
+    "busy")
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+         + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
 def _close_all(*fds: int) -> None:
