@@ -533,8 +533,9 @@ def test_inline_small_bodies_live_in_their_rows(inline_store: ObjectStore) -> No
     got, f = store.open_object("b", "small")
     with f:
         assert f.read() == b"x" * 600 + b"y" * 400 and got == info
-    # Listings carry four columns, never the bodies.
-    assert store.list_objects("b").objects == [("small", 1000, info.etag, info.last_modified)]
+    # Listings carry a few columns, never the bodies.
+    assert store.list_objects("b").objects == [("small", 1000, info.etag, info.last_modified,
+                                                "CRC32 FULL_OBJECT")]
 
     big = put(store, "b", "big", b"z" * 1001)  # one byte more: a blob file
     assert big.blob and blob_files(store) == {big.blob}
@@ -633,6 +634,50 @@ def test_a_store_from_before_inline_bodies_gains_the_column(tmp_path: Path) -> N
         assert put(reopened, "b", "new", b"inline now").blob == ""
     finally:
         reopened.close()
+
+
+def test_a_store_from_before_listed_checksums_gains_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "old"
+    store = ObjectStore(root, inline_max=0)
+    store.create_bucket("b")
+    put(store, "b", "summed", b"abc", checksums={"crc32": "NSRBwg=="})
+    put(store, "b", "parts", b"abc", checksums={"sha256": "x" * 43 + "=-2"})
+    put(store, "b", "plain", b"abc", checksums={})
+    upload_id = store.create_upload("b", "up", checksums_algorithm="CRC32")
+    store.close()
+    db = sqlite3.connect(root / "objects.db")
+    db.execute("ALTER TABLE objects DROP COLUMN checksum_kind")  # the schemas as they were
+    db.execute("ALTER TABLE uploads DROP COLUMN checksum_type")
+    db.commit()
+    db.close()
+    reopened = ObjectStore(root)
+    try:
+        assert {o.key: o.checksum for o in reopened.list_objects("b").objects} == {
+            "parts": "SHA256 COMPOSITE", "plain": "", "summed": "CRC32 FULL_OBJECT"}
+        up = reopened.upload(upload_id)
+        assert (up.checksums_algorithm, up.checksum_type) == ("crc32", None)
+    finally:
+        reopened.close()
+
+
+def test_multipart_full_object_checksum_combines_part_crcs(store: ObjectStore,
+                                                           small_parts: int) -> None:
+    store.create_bucket("b")
+    upload_id = store.create_upload("b", "whole", checksums_algorithm="crc32",
+                                    checksum_type="FULL_OBJECT")
+    bodies = [os.urandom(2000), os.urandom(1500), os.urandom(3)]
+    parts = [upload_part(store, upload_id, n, d, ("crc32",)) for n, d in enumerate(bodies, 1)]
+    whole = base64.b64encode(zlib.crc32(b"".join(bodies)).to_bytes(4, "big")).decode()
+    with pytest.raises(S3Error) as e:  # what the request says of the object is checked
+        store.complete_upload(upload_id, [(p.number, p.etag) for p in parts],
+                              expected={"crc32": "AAAAAA=="})
+    assert code(e) == ("BadDigest", 400)
+    info = store.complete_upload(upload_id, [(p.number, p.etag) for p in parts],
+                                 expected={"crc32": whole}, expected_type="FULL_OBJECT")
+    assert info.checksums == {"crc32": whole}
+    assert [o.checksum for o in store.list_objects("b").objects] == ["CRC32 FULL_OBJECT"]
 
 
 # -- crash recovery -----------------------------------------------------------------------

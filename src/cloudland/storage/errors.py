@@ -48,3 +48,7 @@ def invalid_argument(message: str, name: str | None = None,
 def precondition_failed(condition: str) -> S3Error:
     return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
                    "did not hold", 412, Condition=condition)
+
+
+def invalid_request(message: str) -> S3Error:
+    return S3Error("InvalidRequest", message, 400)

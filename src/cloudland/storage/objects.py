@@ -50,7 +50,6 @@ import sqlite3
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +57,11 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
+from cloudland.storage import checksums as sums
 from cloudland.storage.errors import (
     S3Error,
     invalid_argument,
+    invalid_request,
     no_such_bucket,
     no_such_key,
     no_such_upload,
@@ -74,15 +75,7 @@ COPY_CHUNK = 1024 * 1024
 INLINE_MAX = 128 * 1024
 """Bodies up to this size are stored in their object's row instead of a blob file."""
 
-_crc32c: Callable[[bytes, int], int] | None
-try:  # pragma: no cover - depends on what is installed
-    from crc32c import crc32c as _crc32c  # type: ignore[import-not-found,no-redef,unused-ignore]
-except ImportError:  # pragma: no cover
-    _crc32c = None
-
-SUPPORTED_CHECKSUMS: frozenset[str] = frozenset(
-    {"crc32", "sha1", "sha256"} | ({"crc32c"} if _crc32c is not None else set())
-)
+SUPPORTED_CHECKSUMS: frozenset[str] = sums.ALGORITHMS
 """Checksum algorithms a BlobWriter can compute (lowercase, as in x-amz-checksum-<name>)."""
 
 Check = Callable[["ObjectInfo | None"], None]
@@ -118,13 +111,14 @@ class ObjectInfo:
 
 
 class Listed(NamedTuple):
-    """An object as a listing shows it: made by the thousand, so a tuple of the four
+    """An object as a listing shows it: made by the thousand, so a tuple of the few
     columns a listing needs (no metadata to decode, no body)."""
 
     key: str
     size: int
     etag: str
     last_modified: float
+    checksum: str  # listed_checksum() of the object's checksums: "CRC32 COMPOSITE", ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +139,7 @@ class Upload:
     metadata: dict[str, str]
     headers: dict[str, str]
     checksums_algorithm: str | None = None
+    checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE, with an algorithm
 
 
 @dataclass(frozen=True)
@@ -154,29 +149,6 @@ class PartInfo:
     size: int
     last_modified: float
     checksums: dict[str, str] = field(default_factory=dict)
-
-
-class _Crc:
-    """A running CRC (zlib.crc32 or crc32c) with a hashlib-like interface."""
-
-    def __init__(self, fn: Callable[[bytes, int], int]) -> None:
-        self._fn = fn
-        self._value = 0
-
-    def update(self, data: bytes) -> None:
-        self._value = self._fn(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-def _hasher(name: str) -> Any:
-    if name == "crc32":
-        return _Crc(zlib.crc32)
-    if name == "crc32c":
-        assert _crc32c is not None
-        return _Crc(_crc32c)
-    return hashlib.new(name)
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -316,7 +288,7 @@ class BlobWriter:
         self._memory: bytearray | None = bytearray() if inline_max > 0 else None
         self._file: BinaryIO | None = None if inline_max > 0 else self._open()
         self._md5 = hashlib.md5()
-        self._hashes = {name.lower(): _hasher(name.lower()) for name in checksums
+        self._hashes = {name.lower(): sums.hasher(name.lower()) for name in checksums
                         if name.lower() in SUPPORTED_CHECKSUMS}
         self._closed = False
         # Held while bytes go to the file: closing it (abort) waits for a write in
@@ -454,6 +426,7 @@ CREATE TABLE IF NOT EXISTS objects (
     parts TEXT NOT NULL,
     blob TEXT NOT NULL,
     data BLOB,
+    checksum_kind TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_blob ON objects (blob);
@@ -466,7 +439,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     content_type TEXT NOT NULL,
     metadata TEXT NOT NULL,
     headers TEXT NOT NULL,
-    checksums_algorithm TEXT
+    checksums_algorithm TEXT,
+    checksum_type TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -484,8 +458,9 @@ CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
 
 _OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
                    "checksums, parts, blob")
-_LISTED_COLUMNS = "key, size, etag, last_modified"  # the fields of Listed, in order
-_UPLOAD_COLUMNS = "id, bucket, key, initiated, content_type, metadata, headers, checksums_algorithm"
+_LISTED_COLUMNS = "key, size, etag, last_modified, checksum_kind"  # Listed's, in order
+_UPLOAD_COLUMNS = ("id, bucket, key, initiated, content_type, metadata, headers, "
+                   "checksums_algorithm, checksum_type")
 
 
 def _loads(text: str) -> Any:
@@ -531,12 +506,22 @@ def _bucket(row: tuple[Any, ...]) -> BucketInfo:
 def _upload(row: tuple[Any, ...]) -> Upload:
     return Upload(id=row[0], bucket=row[1], key=row[2], initiated=row[3], content_type=row[4],
                   metadata=_loads(row[5]), headers=_loads(row[6]),
-                  checksums_algorithm=row[7])
+                  checksums_algorithm=row[7], checksum_type=row[8])
 
 
 def _part(row: tuple[Any, ...]) -> PartInfo:
     return PartInfo(number=row[0], etag=row[1], size=row[2], last_modified=row[3],
                     checksums=_loads(row[4]))
+
+
+def listed_checksum(checksums: dict[str, str]) -> str:
+    """What a listing says of an object's checksums: the algorithms (uppercase, as S3
+    names them) and then the type, space-separated; "" for none. Kept in a column of
+    its own so that a listing never decodes the checksums' JSON."""
+    if not checksums:
+        return ""
+    kind = sums.checksum_type(next(iter(checksums.values())))
+    return " ".join([*sorted(name.upper() for name in checksums), kind])
 
 
 def _dumps(value: object) -> str:
@@ -575,6 +560,51 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _upload_checksum(algorithm: str | None,
+                     kind: str | None) -> tuple[str | None, str | None]:
+    """(algorithm, type) of a new multipart upload, as S3 allows them (InvalidRequest)."""
+    if algorithm is None:
+        if kind is not None:
+            raise invalid_request("The x-amz-checksum-type header can only be used with the "
+                                  "x-amz-checksum-algorithm header.")
+        return None, None
+    name = algorithm.strip().lower()
+    if name not in sums.ALGORITHMS:
+        raise invalid_request("Checksum algorithm provided is unsupported. Please try again "
+                              "with any of the valid types: "
+                              f"{', '.join(sorted(a.upper() for a in sums.ALGORITHMS))}")
+    kind = kind.strip().upper() if kind is not None else sums.default_type(name)
+    if not sums.allowed_type(name, kind):
+        raise invalid_request(f"The {kind} checksum type cannot be used with the {name} "
+                              "checksum algorithm.")
+    return name, kind
+
+
+def _object_checksums(upload: Upload, parts: list[PartInfo], expected: dict[str, str] | None,
+                      expected_type: str | None) -> dict[str, str]:
+    """The checksum a completed upload's object gets, made of its parts' (none when the
+    upload named no algorithm or a part has no checksum of it), checked against what
+    the CompleteMultipartUpload request says."""
+    algorithm, kind = upload.checksums_algorithm, upload.checksum_type
+    kind = kind or (sums.default_type(algorithm) if algorithm else None)
+    if expected_type is not None and expected_type.strip().upper() != kind:
+        raise invalid_request(f"The upload was created using the {kind or 'null'} checksum "
+                              "mode. The complete request must use the same checksum mode.")
+    if algorithm not in sums.ALGORITHMS or not all(algorithm in p.checksums for p in parts):
+        value = None
+    elif kind == sums.FULL_OBJECT:
+        value = sums.full_object(algorithm, [(p.checksums[algorithm], p.size) for p in parts])
+    else:
+        value = sums.composite(algorithm, [p.checksums[algorithm] for p in parts])
+    for name, claimed in (expected or {}).items():
+        # S3 takes a composite value with or without its "-N".
+        if value is None or name != algorithm or claimed.strip() not in (
+                value, value.partition("-")[0]):
+            raise S3Error("BadDigest", f"The {name} you specified did not match the "
+                          "calculated checksum.", 400)
+    return {algorithm: value} if algorithm is not None and value is not None else {}
+
+
 def check_key(key: str) -> str:
     """`key` if S3 accepts it: not empty, valid UTF-8, at most 1,024 bytes of it."""
     if not key:
@@ -587,14 +617,6 @@ def check_key(key: str) -> str:
         raise S3Error("KeyTooLongError", "Your key is too long (the limit is 1,024 bytes "
                       "of UTF-8)", 400, MaxSizeAllowed=str(MAX_KEY_BYTES), Size=str(size))
     return key
-
-
-def _composite_checksum(algorithm: str, digests: list[str]) -> str:
-    """S3's COMPOSITE checksum: the checksum of the parts' binary checksums, "-N"."""
-    h = _hasher(algorithm)
-    for d in digests:
-        h.update(base64.b64decode(d))
-    return f"{base64.b64encode(h.digest()).decode()}-{len(digests)}"
 
 
 class ObjectStore:
@@ -636,9 +658,7 @@ class ObjectStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(objects)")}
-            if "data" not in columns:  # a store made before bodies could be inline
-                self._db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+            self._migrate()
         self._local = threading.local()
         # Each thread's reader connection lives as long as the thread (then it is freed,
         # which closes it); this set only lets close() reach those still alive.
@@ -650,6 +670,21 @@ class ObjectStore:
         self._reaper = _Reaper()
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier CloudLand up to this schema (in _tx)."""
+        db = self._db
+        columns = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
+        if "data" not in columns:  # made before bodies could be inline
+            db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+        if "checksum_kind" not in columns:  # made before listings named checksums
+            db.execute("ALTER TABLE objects ADD COLUMN checksum_kind TEXT NOT NULL DEFAULT ''")
+            rows = db.execute("SELECT bucket, key, checksums FROM objects "
+                              "WHERE checksums != '{}'").fetchall()
+            db.executemany("UPDATE objects SET checksum_kind = ? WHERE bucket = ? AND key = ?",
+                           [(listed_checksum(_loads(c)), b, k) for b, k, c in rows])
+        if "checksum_type" not in {r[1] for r in db.execute("PRAGMA table_info(uploads)")}:
+            db.execute("ALTER TABLE uploads ADD COLUMN checksum_type TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
@@ -754,11 +789,12 @@ class ObjectStore:
 
     def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
         db.execute(
-            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}, data, checksum_kind) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (info.bucket, info.key, info.size, info.etag, info.last_modified,
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
-             _dumps(info.checksums), _dumps(info.parts), info.blob, info.inline))
+             _dumps(info.checksums), _dumps(info.parts), info.blob, info.inline,
+             listed_checksum(info.checksums)))
 
     def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object], *,
                    inline: bool = False) -> bytes | None:
@@ -1097,15 +1133,20 @@ class ObjectStore:
     def create_upload(self, bucket: str, key: str, *, content_type: str = "binary/octet-stream",
                       metadata: dict[str, str] | None = None,
                       headers: dict[str, str] | None = None,
-                      checksums_algorithm: str | None = None) -> str:
+                      checksums_algorithm: str | None = None,
+                      checksum_type: str | None = None) -> str:
+        """A new multipart upload. With `checksums_algorithm`, the object gets that
+        checksum made of its parts' (`checksum_type` COMPOSITE or FULL_OBJECT; S3's
+        default for the algorithm when None)."""
         check_key(key)
+        algorithm, kind = _upload_checksum(checksums_algorithm, checksum_type)
         upload_id = secrets.token_urlsafe(24)
-        algorithm = checksums_algorithm.lower() if checksums_algorithm else None
         with self._tx() as db:
             self._require_bucket(db, bucket)
-            db.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (upload_id, bucket, key, time.time(), content_type,
-                        _dumps(metadata or {}), _dumps(headers or {}), algorithm))
+                        _dumps(metadata or {}), _dumps(headers or {}), algorithm, kind))
         return upload_id
 
     def _get_upload(self, db: sqlite3.Connection, upload_id: str) -> Upload:
@@ -1149,9 +1190,17 @@ class ObjectStore:
         return part
 
     def complete_upload(self, upload_id: str, parts: list[tuple[int, str]], *,
-                        check: Check | None = None) -> ObjectInfo:
+                        check: Check | None = None,
+                        part_checksums: dict[int, dict[str, str]] | None = None,
+                        expected: dict[str, str] | None = None,
+                        expected_type: str | None = None) -> ObjectInfo:
         """Join the listed parts into the object (streaming, copy_file_range) and commit
-        it like `commit`; the upload and all its parts are then gone."""
+        it like `commit`; the upload and all its parts are then gone.
+
+        `part_checksums` are what the request says each part's checksums are (InvalidPart
+        unless they match what the part was stored with); `expected` the object's own
+        checksum, as the request says it (BadDigest unless the checksum made of the
+        parts' matches); `expected_type` its type (InvalidRequest unless the upload's)."""
         if not parts:
             raise S3Error("MalformedXML", "The XML you provided was not well-formed or did "
                           "not validate against our published schema", 400)
@@ -1177,6 +1226,13 @@ class ObjectStore:
                                       "entity tag.", 400, UploadId=upload_id,
                                       PartNumber=str(number), ETag=etag)
                     part = found[0]
+                    claimed = (part_checksums or {}).get(number, {})
+                    if any(part.checksums.get(a) != v for a, v in claimed.items()):
+                        raise S3Error("InvalidPart", "One or more of the specified parts could "
+                                      "not be found. The part may not have been uploaded, or "
+                                      "the specified checksum may not match the part's "
+                                      "checksum.", 400, UploadId=upload_id,
+                                      PartNumber=str(number))
                     if i < len(parts) - 1 and part.size < MIN_PART_SIZE:
                         raise S3Error("EntityTooSmall", "Your proposed upload is smaller than "
                                       "the minimum allowed object size.", 400,
@@ -1193,11 +1249,7 @@ class ObjectStore:
             for f in files:
                 f.close()
         md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
-        checksums: dict[str, str] = {}
-        algorithm = upload.checksums_algorithm
-        if algorithm in SUPPORTED_CHECKSUMS and all(algorithm in p.checksums for p in chosen):
-            checksums[algorithm] = _composite_checksum(
-                algorithm, [p.checksums[algorithm] for p in chosen])
+        checksums = _object_checksums(upload, chosen, expected, expected_type)
         info = ObjectInfo(
             bucket=upload.bucket, key=upload.key, size=sum(p.size for p in chosen),
             etag=f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}", last_modified=time.time(),

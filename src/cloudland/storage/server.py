@@ -33,8 +33,14 @@ from typing import Any, BinaryIO, Protocol, TypeVar, cast
 from aiohttp import web
 from multidict import CIMultiDict
 
-from cloudland.storage import s3xml
-from cloudland.storage.errors import S3Error, invalid_argument, no_such_upload, precondition_failed
+from cloudland.storage import checksums, s3xml
+from cloudland.storage.errors import (
+    S3Error,
+    invalid_argument,
+    invalid_request,
+    no_such_upload,
+    precondition_failed,
+)
 from cloudland.storage.objects import (
     BlobWriter,
     Listed,
@@ -567,12 +573,11 @@ class S3Server:
             metadata=meta, headers=stored_headers(described),
             checksums=verifier.checksums, check=write_check(call.headers))
         self._publish("ObjectCreated:Put", info, call)
-        headers = {"ETag": quoted(info.etag)}
-        headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
-        return web.Response(status=200, headers=headers)
+        return web.Response(status=200, headers={"ETag": quoted(info.etag),
+                                                 **_checksum_headers(info.checksums)})
 
-    async def _receive(self, call: Call, limit: int,
-                       described: CIMultiDict[str]) -> tuple[BlobWriter, PayloadVerifier]:
+    async def _receive(self, call: Call, limit: int, described: CIMultiDict[str],
+                       checksums: tuple[str, ...] = ()) -> tuple[BlobWriter, PayloadVerifier]:
         """Stream the body through the signature checks into a new blob; abort on error.
         `described` is `signed_headers(call)`: what the body is checked against (for a
         SigV2 presigned URL, the Content-MD5 and checksums in its query count as if sent
@@ -590,7 +595,7 @@ class S3Server:
         if declared > limit:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
                           "size", 400, ProposedSize=str(declared), MaxSizeAllowed=str(limit))
-        writer = self.store.writer()
+        writer = self.store.writer(checksums)
         verifier = PayloadVerifier(call.verified, described, body_md5=writer.md5_bytes)
         content = request.content
         # Blocks of about CHUNK go through the stages (_stages) on the S3 threads while
@@ -767,7 +772,7 @@ class S3Server:
                    **{h.title(): v for h, v in info.headers.items()},
                    **{f"x-amz-meta-{k}": v for k, v in info.metadata.items()}}
         if call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-            headers.update({f"x-amz-checksum-{a}": v for a, v in info.checksums.items()})
+            headers.update(_checksum_headers(info.checksums))
         for param, header in RESPONSE_OVERRIDES:
             if param not in call.query:
                 continue
@@ -878,24 +883,40 @@ class S3Server:
             call.bucket, call.key,
             content_type=call.headers.get("Content-Type") or "binary/octet-stream",
             metadata=user_metadata(call.headers), headers=stored_headers(call.headers),
-            checksums_algorithm=call.headers.get("x-amz-checksum-algorithm"))
-        return _xml(document("InitiateMultipartUploadResult", [
+            checksums_algorithm=call.headers.get("x-amz-checksum-algorithm"),
+            checksum_type=call.headers.get("x-amz-checksum-type"))
+        response = _xml(document("InitiateMultipartUploadResult", [
             ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload_id)]))
+        upload = self.store.upload(upload_id)
+        if upload.checksums_algorithm and upload.checksum_type:
+            response.headers["x-amz-checksum-algorithm"] = upload.checksums_algorithm.upper()
+            response.headers["x-amz-checksum-type"] = upload.checksum_type
+        return response
 
     async def _upload_part(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
         number = _int_value(call.query.get("partNumber", ""), "partNumber", 1, MAX_PART_NUMBER)
-        upload_id = (await self._upload_of(call)).id
+        upload = await self._upload_of(call)
         if "x-amz-copy-source" in call.headers:
-            return await self._upload_part_copy(call, upload_id, number)
-        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES, signed_headers(call))
-        part = await self._thread(self.store.put_part, upload_id, number, writer,
-                                       checksums=verifier.checksums)
+            return await self._upload_part_copy(call, upload, number)
+        # The upload's algorithm is computed whatever the request says (a client may
+        # send no checksum of a part): the object's checksum is made of all of them.
+        algorithm = upload.checksums_algorithm
+        wanted = (algorithm,) if algorithm else ()
+        writer, verifier = await self._receive(call, MAX_OBJECT_BYTES, signed_headers(call),
+                                               wanted)
+        sent = next(iter(verifier.checksums), None)
+        if algorithm and sent is not None and sent != algorithm:
+            writer.abort()
+            raise invalid_request(f"Checksum Type mismatch occurred, expected checksum Type: "
+                                  f"{algorithm}, actual checksum Type: {sent}")
+        part = await self._thread(self.store.put_part, upload.id, number, writer,
+                                  checksums={**writer.digests(), **verifier.checksums})
         headers = {"ETag": quoted(part.etag)}
-        headers.update({f"x-amz-checksum-{a}": v for a, v in verifier.checksums.items()})
+        headers.update({f"x-amz-checksum-{a}": v for a, v in part.checksums.items()})
         return web.Response(status=200, headers=headers)
 
-    async def _upload_part_copy(self, call: Call, upload_id: str,
+    async def _upload_part_copy(self, call: Call, upload: Upload,
                                 number: int) -> web.Response:
         source = await self._copy_source(call)
         read_conditions(call.headers, source, prefix="x-amz-copy-source-if-", for_read=False)
@@ -910,7 +931,8 @@ class S3Server:
                                        "zero-based offsets of the first and last bytes to "
                                        "copy", "x-amz-copy-source-range", wanted)
             start, end = int(match.group(1)), int(match.group(2))
-        writer = self.store.writer()
+        algorithm = upload.checksums_algorithm
+        writer = self.store.writer((algorithm,) if algorithm else ())
         try:
             blob = await self._thread(self.store.open_blob, source)
             try:
@@ -927,9 +949,10 @@ class S3Server:
         except BaseException:
             writer.abort()
             raise
-        part = await self._thread(self.store.put_part, upload_id, number, writer)
+        part = await self._thread(self.store.put_part, upload.id, number, writer)
         return _xml(document("CopyPartResult", [
-            ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag))]))
+            ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag)),
+            *_checksum_nodes(part.checksums)]))
 
     async def _complete_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
@@ -938,18 +961,30 @@ class S3Server:
         if root.tag != "CompleteMultipartUpload":
             raise s3xml.malformed("the root element must be CompleteMultipartUpload")
         parts = []
+        part_checksums: dict[int, dict[str, str]] = {}
         for part in root.findall("Part"):
             number = _int_value(s3xml.child_text(part, "PartNumber") or "", "PartNumber", 1,
                                 MAX_PART_NUMBER)
             parts.append((number, unquote_etag(s3xml.child_text(part, "ETag") or "")))
+            part_checksums[number] = {
+                name: (s3xml.child_text(part, f"Checksum{name.upper()}") or "").strip()
+                for name in checksums.ALGORITHMS
+                if s3xml.child_text(part, f"Checksum{name.upper()}") is not None}
         if not parts:
             raise s3xml.malformed("a CompleteMultipartUpload names at least one part")
+        # x-amz-checksum-<name> here is the whole object's checksum, not the body's.
+        expected = {h.lower()[len("x-amz-checksum-"):]: v for h, v in call.headers.items()
+                    if h.lower().startswith("x-amz-checksum-")
+                    and h.lower()[len("x-amz-checksum-"):] in checksums.ALGORITHMS}
         info = await self._thread(self.store.complete_upload, upload_id, parts,
-                                       check=write_check(call.headers))
+                                  check=write_check(call.headers),
+                                  part_checksums=part_checksums, expected=expected,
+                                  expected_type=call.headers.get("x-amz-checksum-type"))
         self._publish("ObjectCreated:CompleteMultipartUpload", info, call)
         return _xml(document("CompleteMultipartUploadResult", [
             ("Location", f"{self.url}/{call.bucket}/{urllib.parse.quote(call.key)}"),
-            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(info.etag))]))
+            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(info.etag)),
+            *_checksum_nodes(info.checksums, with_type=True)]))
 
     async def _abort_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
@@ -977,7 +1012,8 @@ class S3Server:
         nodes += [("Upload", [("Key", encode(u.key)), ("UploadId", u.id),
                               ("Initiator", _owner()), ("Owner", _owner()),
                               ("StorageClass", "STANDARD"),
-                              ("Initiated", iso8601(u.initiated))]) for u in uploads]
+                              ("Initiated", iso8601(u.initiated)),
+                              *_upload_checksum_nodes(u)]) for u in uploads]
         return _xml(document("ListMultipartUploadsResult", nodes))
 
     async def _list_parts(self, call: Call) -> web.Response:
@@ -991,12 +1027,14 @@ class S3Server:
         nodes: list[Node] = [("Bucket", upload.bucket), ("Key", upload.key),
                              ("UploadId", upload.id), ("Initiator", _owner()),
                              ("Owner", _owner()), ("StorageClass", "STANDARD"),
+                             *_upload_checksum_nodes(upload),
                              ("PartNumberMarker", marker), ("MaxParts", limit),
                              ("IsTruncated", truncated)]
         if truncated and parts:
             nodes.append(("NextPartNumberMarker", parts[-1].number))
         nodes += [("Part", [("PartNumber", p.number), ("LastModified", iso8601(p.last_modified)),
-                            ("ETag", quoted(p.etag)), ("Size", p.size)]) for p in parts]
+                            ("ETag", quoted(p.etag)), ("Size", p.size),
+                            *_checksum_nodes(p.checksums)]) for p in parts]
         return _xml(document("ListPartsResult", nodes))
 
     # ---- events ----------------------------------------------------------------------
@@ -1032,8 +1070,43 @@ def _listed_xml(o: Listed, encode: Callable[[str], str], *, owner: bool,
     head = (f"<Key>{escape(encode(o.key))}</Key>"
             + ("<VersionId>null</VersionId><IsLatest>true</IsLatest>" if version else ""))
     return Raw(f"{head}<LastModified>{iso8601(o.last_modified)}</LastModified>"
-               f"<ETag>{escape(quoted(o.etag))}</ETag><Size>{o.size}</Size>"
+               f"<ETag>{escape(quoted(o.etag))}</ETag>"
+               f"{_listed_checksum_xml(o.checksum) if o.checksum else ''}<Size>{o.size}</Size>"
                f"<StorageClass>STANDARD</StorageClass>{_OWNER_XML if owner else ''}")
+
+
+@functools.lru_cache(maxsize=64)
+def _listed_checksum_xml(kind: str) -> str:
+    """<ChecksumAlgorithm>s and <ChecksumType> of a listed object (`Listed.checksum`:
+    the algorithms then the type); a handful of values, each written once."""
+    *algorithms, checksum_type = kind.split()
+    return "".join(f"<ChecksumAlgorithm>{a}</ChecksumAlgorithm>" for a in algorithms) + \
+        f"<ChecksumType>{checksum_type}</ChecksumType>"
+
+
+def _checksum_headers(sums: Mapping[str, str]) -> dict[str, str]:
+    """An object's checksums as response headers, with their type (as S3 answers a PUT,
+    and a GET or HEAD with x-amz-checksum-mode: ENABLED)."""
+    headers = {f"x-amz-checksum-{a}": v for a, v in sums.items()}
+    if sums:
+        headers["x-amz-checksum-type"] = checksums.checksum_type(next(iter(sums.values())))
+    return headers
+
+
+def _checksum_nodes(sums: Mapping[str, str], *, with_type: bool = False) -> list[Node]:
+    """<ChecksumCRC32> and the like (and <ChecksumType>) of an object or a part."""
+    nodes: list[Node] = [(f"Checksum{a.upper()}", v) for a, v in sorted(sums.items())]
+    if with_type and sums:
+        nodes.append(("ChecksumType", checksums.checksum_type(next(iter(sums.values())))))
+    return nodes
+
+
+def _upload_checksum_nodes(upload: Upload) -> list[Node]:
+    if not upload.checksums_algorithm:
+        return []
+    return [("ChecksumAlgorithm", upload.checksums_algorithm.upper()),
+            ("ChecksumType", upload.checksum_type
+             or checksums.default_type(upload.checksums_algorithm))]
 
 
 def _encoder(query: Mapping[str, str]) -> Callable[[str], str]:

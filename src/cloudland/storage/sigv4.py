@@ -36,15 +36,15 @@ import hashlib
 import hmac
 import re
 import urllib.parse
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import S3Error
+from . import checksums
+from .errors import S3Error, invalid_request
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
@@ -660,7 +660,7 @@ def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[
     payload = amz.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
     _check_payload_mode(payload)
     if payload in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER):
-        raise _invalid_request(f"{payload} requires AWS Signature Version 4")
+        raise invalid_request(f"{payload} requires AWS Signature Version 4")
 
     # The path as sent first; then the same path re-encoded the way botocore encodes
     # keys (aiohttp's raw_path turns `%21` back into `!` and the like); `/bucket/` for
@@ -704,73 +704,9 @@ def _verify_query_v2(method: str, raw_path: str, query: str, params: list[tuple[
 # --------------------------------------------------------------------------- payload
 
 
-def _crc32c_factory() -> Callable[[], _Checksum] | None:
-    try:
-        import google_crc32c
-    except ImportError:
-        pass
-    else:
-        class _Google:
-            def __init__(self) -> None:
-                self._crc = 0
-
-            def update(self, data: bytes | memoryview) -> None:
-                self._crc = google_crc32c.extend(self._crc, bytes(data))
-
-            def digest(self) -> bytes:
-                return self._crc.to_bytes(4, "big")
-
-        return _Google
-    try:
-        import crc32c
-    except ImportError:
-        return None
-
-    class _Crc32c:
-        def __init__(self) -> None:
-            self._crc = 0
-
-        def update(self, data: bytes | memoryview) -> None:
-            self._crc = crc32c.crc32c(bytes(data), self._crc)
-
-        def digest(self) -> bytes:
-            return self._crc.to_bytes(4, "big")
-
-    return _Crc32c
-
-
-class _Checksum(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self._crc = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        self._crc = zlib.crc32(data, self._crc)
-
-    def digest(self) -> bytes:
-        return self._crc.to_bytes(4, "big")
-
-
-_CHECKSUMS: dict[str, tuple[Callable[[], _Checksum], int]] = {
-    "crc32": (_Crc32, 4),
-    "sha1": (hashlib.sha1, 20),
-    "sha256": (hashlib.sha256, 32),
-}
-_crc32c = _crc32c_factory()
-if _crc32c is not None:
-    _CHECKSUMS["crc32c"] = (_crc32c, 4)
-SUPPORTED_CHECKSUMS = frozenset(_CHECKSUMS)
+SUPPORTED_CHECKSUMS = checksums.ALGORITHMS
 _CHECKSUM_PREFIX = "x-amz-checksum-"
 _NOT_ALGORITHMS = {"x-amz-checksum-type", "x-amz-checksum-algorithm", "x-amz-checksum-mode"}
-
-
-def _invalid_request(message: str) -> S3Error:
-    return S3Error("InvalidRequest", message, 400)
 
 
 def _incomplete(message: str = "You did not provide the number of bytes specified by the "
@@ -810,7 +746,7 @@ class PayloadVerifier:
         self.chunked = mode.startswith("STREAMING-")
         self.signed_chunks = mode in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
         if self.signed_chunks and (verified is None or not verified.signing_key):
-            raise _invalid_request(f"{mode} requires a request signed with AWS Signature "
+            raise invalid_request(f"{mode} requires a request signed with AWS Signature "
                                    "Version 4")
         self._sha256 = hashlib.sha256() if _HEX64.fullmatch(mode) else None
         self.checksums: dict[str, str] = {}
@@ -853,28 +789,27 @@ class PayloadVerifier:
         trailer = _header(headers, "x-amz-trailer")
         if trailer is not None and trailer.strip():
             if not mode.endswith("-TRAILER"):
-                raise _invalid_request("x-amz-trailer requires x-amz-content-sha256 "
+                raise invalid_request("x-amz-trailer requires x-amz-content-sha256 "
                                        "STREAMING-UNSIGNED-PAYLOAD-TRAILER or "
                                        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
             self._declared_trailers = [t.strip().lower() for t in trailer.split(",")
                                        if t.strip()]
             for name in self._declared_trailers:
                 if not name.startswith(_CHECKSUM_PREFIX):
-                    raise _invalid_request(f"The trailing header {name} is not supported")
+                    raise invalid_request(f"The trailing header {name} is not supported")
             found = sorted(set(found) | set(self._declared_trailers))
         if len(found) > 1:
-            raise _invalid_request("Expecting a single x-amz-checksum- header. Multiple "
+            raise invalid_request("Expecting a single x-amz-checksum- header. Multiple "
                                    "checksum Types are not allowed.")
-        self._hasher: _Checksum | None = None
+        self._hasher: checksums.Checksum | None = None
         if found:
             name = found[0]
             algorithm = name[len(_CHECKSUM_PREFIX):]
-            if algorithm not in _CHECKSUMS:
-                raise _invalid_request(f"The checksum algorithm {algorithm.upper()} is not "
+            if algorithm not in checksums.ALGORITHMS:
+                raise invalid_request(f"The checksum algorithm {algorithm.upper()} is not "
                                        "supported by this server.")
             self._algorithm = algorithm
-            factory, _ = _CHECKSUMS[algorithm]
-            self._hasher = factory()
+            self._hasher = checksums.hasher(algorithm)
             if name not in self._declared_trailers:
                 value = _header(headers, name) or ""
                 self._expected_checksum = self._check_checksum_value(algorithm, value)
@@ -893,13 +828,8 @@ class PayloadVerifier:
     @staticmethod
     def _check_checksum_value(algorithm: str, value: str) -> str:
         value = value.strip()
-        size = _CHECKSUMS[algorithm][1]
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raw = b""
-        if len(raw) != size:
-            raise _invalid_request(f"Value for x-amz-checksum-{algorithm} header is invalid.")
+        if checksums.decode(algorithm, value) is None:
+            raise invalid_request(f"Value for x-amz-checksum-{algorithm} header is invalid.")
         return value
 
     # -- feeding
@@ -913,7 +843,7 @@ class PayloadVerifier:
     def feed(self, data: bytes) -> bytes:
         """Take the next piece of the body as received; return the decoded bytes in it."""
         if self._finished:
-            raise _invalid_request("The request body was already finished")
+            raise invalid_request("The request body was already finished")
         if not self.chunked:
             self._consume(data)
             return data
@@ -946,7 +876,7 @@ class PayloadVerifier:
             elif self._state == _DONE:
                 rest = bytes(view[pos:])
                 if rest.strip(b"\r\n"):
-                    raise _invalid_request("Data found after the end of the aws-chunked "
+                    raise invalid_request("Data found after the end of the aws-chunked "
                                            "body")
                 pos = len(view)
             else:  # a line: chunk header or trailer
@@ -955,16 +885,16 @@ class PayloadVerifier:
                     self._buffer += view[pos:]
                     pos = len(view)
                     if len(self._buffer) > MAX_LINE:
-                        raise _invalid_request("aws-chunked line too long")
+                        raise invalid_request("aws-chunked line too long")
                     continue
                 self._buffer += view[pos:pos + end + 1]
                 pos += end + 1
                 if len(self._buffer) > MAX_LINE + 2:
-                    raise _invalid_request("aws-chunked line too long")
+                    raise invalid_request("aws-chunked line too long")
                 line = bytes(self._buffer)
                 self._buffer.clear()
                 if not line.endswith(b"\r\n"):
-                    raise _invalid_request("aws-chunked lines must end with CRLF")
+                    raise invalid_request("aws-chunked lines must end with CRLF")
                 self._line(line[:-2])
         return bytes(out)
 
@@ -983,7 +913,7 @@ class PayloadVerifier:
         try:
             text = line.decode("ascii")
         except UnicodeDecodeError:
-            raise _invalid_request("aws-chunked framing is not ASCII") from None
+            raise invalid_request("aws-chunked framing is not ASCII") from None
         if self._state == _HEADER:
             self._chunk_header(text)
         else:
@@ -994,7 +924,7 @@ class PayloadVerifier:
         size_text = size_text.strip()
         if not size_text or len(size_text) > 16 or any(
                 c not in "0123456789abcdefABCDEF" for c in size_text):
-            raise _invalid_request(f"Invalid aws-chunked chunk size {size_text[:32]!r}")
+            raise invalid_request(f"Invalid aws-chunked chunk size {size_text[:32]!r}")
         size = int(size_text, 16)
         signature = ""
         for extension in extensions.split(";") if extensions else []:
@@ -1033,14 +963,14 @@ class PayloadVerifier:
     def _trailer_line(self, text: str) -> None:
         self._trailer_bytes += len(text) + 2
         if self._trailer_bytes > MAX_TRAILER_BYTES:
-            raise _invalid_request("The aws-chunked trailer is too long")
+            raise invalid_request("The aws-chunked trailer is too long")
         if text == "":
             self._end_trailers()
             self._state = _DONE
             return
         name, colon, value = text.partition(":")
         if not colon:
-            raise _invalid_request(f"Malformed aws-chunked trailer line {text[:64]!r}")
+            raise invalid_request(f"Malformed aws-chunked trailer line {text[:64]!r}")
         self._trailer_lines.append((name.strip().lower(), value.strip()))
 
     def _end_trailers(self) -> None:
@@ -1062,10 +992,10 @@ class PayloadVerifier:
                               StringToSign=string_to_sign, SignatureProvided=provided)
         for name, value in lines:
             if name not in self._declared_trailers:
-                raise _invalid_request(f"The trailing header {name} was not declared in "
+                raise invalid_request(f"The trailing header {name} was not declared in "
                                        "x-amz-trailer")
             if name in self.trailers:
-                raise _invalid_request(f"The trailing header {name} was sent twice")
+                raise invalid_request(f"The trailing header {name} was sent twice")
             self.trailers[name] = value
 
     # -- the end
@@ -1081,7 +1011,7 @@ class PayloadVerifier:
             raise _incomplete()
         for name in self._declared_trailers:
             if name not in self.trailers:
-                raise _invalid_request(f"The trailing header {name} declared in "
+                raise invalid_request(f"The trailing header {name} declared in "
                                        "x-amz-trailer was not sent")
         if self._sha256 is not None:
             computed = self._sha256.hexdigest()

@@ -1,0 +1,119 @@
+"""The checksums S3 knows (`x-amz-checksum-<name>`): computing them, and making a
+multipart object's checksum out of its parts'.
+
+Used by `sigv4.PayloadVerifier` (checking what a request says of its body) and by
+`objects` (what a `BlobWriter` computes, what a completed upload stores). The CRCs
+come from anycrc (CRC-64/NVME, S3's default since 2025, and CRC-32C have no fast
+implementation in the standard library; anycrc does all three at several GB/s and
+combines CRCs, which a FULL_OBJECT multipart checksum needs).
+
+A multipart object's checksum is of one of two types, as S3 has them:
+
+- COMPOSITE: the checksum of the parts' binary checksums, then `-N` (N parts). Any
+  algorithm but CRC-64/NVME; the default.
+- FULL_OBJECT: the checksum of the whole body, as a single PUT would have it; only for
+  the CRCs, whose values combine (crc(a + b) from crc(a), crc(b) and len(b)).
+
+A stored value tells its type: base64 has no `-`, so a value with one is COMPOSITE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import anycrc
+
+FULL_OBJECT = "FULL_OBJECT"
+COMPOSITE = "COMPOSITE"
+
+
+class Checksum(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class _Crc:
+    """A running CRC with hashlib's interface."""
+
+    def __init__(self, model: Any, size: int) -> None:
+        self._model = model
+        self._size = size
+        self._value: int | None = None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._value = self._model.calc(data, self._value)
+
+    def digest(self) -> bytes:
+        value = self._value if self._value is not None else self._model.calc(b"")
+        return int(value).to_bytes(self._size, "big")
+
+
+_CRC_MODELS = {"crc32": "CRC32-ISO-HDLC", "crc32c": "CRC32-ISCSI", "crc64nvme": "CRC64-NVME"}
+_CRCS = {name: anycrc.Model(model) for name, model in _CRC_MODELS.items()}
+
+SIZES: dict[str, int] = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
+"""Each algorithm (lowercase, as in x-amz-checksum-<name>) and its digest's size."""
+ALGORITHMS: frozenset[str] = frozenset(SIZES)
+CRCS: frozenset[str] = frozenset(_CRCS)
+
+
+def hasher(name: str) -> Checksum:
+    """A new running checksum `name` (one of ALGORITHMS)."""
+    model = _CRCS.get(name)
+    if model is not None:
+        return _Crc(model, SIZES[name])
+    factory: Callable[[], Checksum] = getattr(hashlib, name)
+    return factory()
+
+
+def decode(name: str, value: str) -> bytes | None:
+    """The digest a base64 `value` of checksum `name` holds; None if it is not one."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except binascii.Error:
+        return None
+    return raw if len(raw) == SIZES[name] else None
+
+
+def checksum_type(value: str) -> str:
+    """FULL_OBJECT or COMPOSITE: what a stored checksum value is."""
+    return COMPOSITE if "-" in value else FULL_OBJECT
+
+
+def default_type(name: str) -> str:
+    """The type S3 gives a multipart upload that names its algorithm but not its type."""
+    return FULL_OBJECT if name == "crc64nvme" else COMPOSITE
+
+
+def allowed_type(name: str, kind: str) -> bool:
+    """Whether S3 lets a multipart upload's checksum `name` be of type `kind`."""
+    if kind == FULL_OBJECT:
+        return name in CRCS
+    return kind == COMPOSITE and name != "crc64nvme"
+
+
+def composite(name: str, digests: Iterable[str]) -> str:
+    """COMPOSITE: the checksum of the parts' binary checksums (base64 each), "-N"."""
+    h = hasher(name)
+    n = 0
+    for d in digests:
+        h.update(base64.b64decode(d))
+        n += 1
+    return f"{base64.b64encode(h.digest()).decode()}-{n}"
+
+
+def full_object(name: str, parts: Iterable[tuple[str, int]]) -> str:
+    """FULL_OBJECT: the CRC of the whole body, from each part's CRC (base64) and size."""
+    model = _CRCS[name]
+    value: int | None = None
+    for digest, size in parts:
+        crc = int.from_bytes(base64.b64decode(digest), "big")
+        value = crc if value is None else model.combine(value, crc, size)
+    if value is None:
+        value = model.calc(b"")
+    return base64.b64encode(int(value).to_bytes(SIZES[name], "big")).decode()
