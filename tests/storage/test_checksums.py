@@ -7,6 +7,7 @@ independently (zlib, the CRC catalogue's check values, a table-driven CRC-64/NVM
 from __future__ import annotations
 
 import base64
+import hashlib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,22 @@ def test_crc64nvme_and_crc32c(plain: Any, bucket: str) -> None:
     assert err.value.response["Error"]["Code"] == "BadDigest"
     listed = plain.list_objects_v2(Bucket=bucket, Prefix="nvme")["Contents"]
     assert [(o["Key"], o["ChecksumAlgorithm"]) for o in listed] == [("nvme", ["CRC64NVME"])]
+
+
+def test_copy_object_checksums(s3: Any, bucket: str) -> None:
+    """A copy keeps its source's checksum and says so; with x-amz-checksum-algorithm it
+    gets that one instead, computed from the bytes (as S3 does)."""
+    body = b"copy me " * 100
+    s3.put_object(Bucket=bucket, Key="copy-src", Body=body, ChecksumAlgorithm="CRC32")
+    source = {"Bucket": bucket, "Key": "copy-src"}
+    same = s3.copy_object(Bucket=bucket, Key="copy-same", CopySource=source)
+    assert (same["CopyObjectResult"]["ChecksumCRC32"],
+            same["CopyObjectResult"]["ChecksumType"]) == (crc32(body), "FULL_OBJECT")
+    other = s3.copy_object(Bucket=bucket, Key="copy-sha", CopySource=source,
+                           ChecksumAlgorithm="SHA256")["CopyObjectResult"]
+    sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert other["ChecksumSHA256"] == sha and "ChecksumCRC32" not in other
+    head = s3.head_object(Bucket=bucket, Key="copy-sha", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == sha and "ChecksumCRC32" not in head
+    assert fails(s3.copy_object, Bucket=bucket, Key="copy-bad", CopySource=source,
+                 ChecksumAlgorithm="MD4") == ("InvalidRequest", 400)

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import anycrc
 
+from cloudland.storage.errors import invalid_request
+
 FULL_OBJECT = "FULL_OBJECT"
 COMPOSITE = "COMPOSITE"
 
@@ -60,6 +62,25 @@ SIZES: dict[str, int] = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "s
 """Each algorithm (lowercase, as in x-amz-checksum-<name>) and its digest's size."""
 ALGORITHMS: frozenset[str] = frozenset(SIZES)
 CRCS: frozenset[str] = frozenset(_CRCS)
+
+
+def named(value: str) -> str:
+    """The algorithm an x-amz-checksum-algorithm header names (lowercase), or S3's
+    InvalidRequest."""
+    name = value.strip().lower()
+    if name not in ALGORITHMS:
+        raise invalid_request("Checksum algorithm provided is unsupported. Please try again "
+                              "with any of the valid types: "
+                              f"{', '.join(sorted(a.upper() for a in ALGORITHMS))}")
+    return name
+
+
+def of_file(name: str, file: Any, chunk: int = 1 << 20) -> str:
+    """Checksum `name` (base64) of what is left to read of a binary file."""
+    h = hasher(name)
+    while data := file.read(chunk):
+        h.update(data)
+    return base64.b64encode(h.digest()).decode()
 
 
 def hasher(name: str) -> Checksum:

@@ -568,11 +568,7 @@ def _upload_checksum(algorithm: str | None,
             raise invalid_request("The x-amz-checksum-type header can only be used with the "
                                   "x-amz-checksum-algorithm header.")
         return None, None
-    name = algorithm.strip().lower()
-    if name not in sums.ALGORITHMS:
-        raise invalid_request("Checksum algorithm provided is unsupported. Please try again "
-                              "with any of the valid types: "
-                              f"{', '.join(sorted(a.upper() for a in sums.ALGORITHMS))}")
+    name = sums.named(algorithm)
     kind = kind.strip().upper() if kind is not None else sums.default_type(name)
     if not sums.allowed_type(name, kind):
         raise invalid_request(f"The {kind} checksum type cannot be used with the {name} "
@@ -1016,10 +1012,11 @@ class ObjectStore:
              content_type: str | None = None,
              metadata: dict[str, str] | None = None,
              headers: dict[str, str] | None = None,
+             checksums: dict[str, str] | None = None,
              check: Check | None = None) -> ObjectInfo:
         """Copy `src` (as read by head) to `bucket/key`: a new blob hard-linked to the
         source's (blobs are immutable), same size, etag, parts and checksums. Each of
-        content_type, metadata and headers is replaced when given, else copied.
+        content_type, metadata, headers and checksums is replaced when given, else copied.
         NoSuchKey if `src` was replaced or deleted since it was read."""
         check_key(key)
         blob = "" if src.inline is not None else self._link_copy(src)
@@ -1028,7 +1025,8 @@ class ObjectStore:
             content_type=src.content_type if content_type is None else content_type,
             metadata=dict(src.metadata if metadata is None else metadata),
             headers=dict(src.headers if headers is None else headers),
-            checksums=dict(src.checksums), parts=list(src.parts), blob=blob,
+            checksums=dict(src.checksums if checksums is None else checksums),
+            parts=list(src.parts), blob=blob,
             inline=src.inline)
         return self._replace(info, check)
 

@@ -849,10 +849,28 @@ class S3Server:
             if replace else None,
             metadata=user_metadata(call.headers) if replace else None,
             headers=stored_headers(call.headers) if replace else None,
+            checksums=await self._copy_checksums(call, source),
             check=write_check(call.headers))
         self._publish("ObjectCreated:Copy", info, call)
         return _xml(document("CopyObjectResult", [
-            ("LastModified", iso8601(info.last_modified)), ("ETag", quoted(info.etag))]))
+            ("LastModified", iso8601(info.last_modified)), ("ETag", quoted(info.etag)),
+            *_checksum_nodes(info.checksums, with_type=True)]))
+
+    async def _copy_checksums(self, call: Call, source: ObjectInfo) -> dict[str, str] | None:
+        """The checksum x-amz-checksum-algorithm asks a copy for, computed from the bytes
+        unless the source has it already (whole); None to keep the source's."""
+        wanted = call.headers.get("x-amz-checksum-algorithm")
+        if wanted is None:
+            return None
+        name = checksums.named(wanted)
+        value = source.checksums.get(name)
+        if value is not None and checksums.checksum_type(value) == checksums.FULL_OBJECT:
+            return {name: value}
+
+        def compute() -> str:
+            with self.store.open_blob(source) as blob:
+                return checksums.of_file(name, blob)
+        return {name: await self._thread(compute)}
 
     async def _copy_source(self, call: Call) -> ObjectInfo:
         raw = call.headers["x-amz-copy-source"]
