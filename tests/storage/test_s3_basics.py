@@ -321,3 +321,25 @@ def test_stalled_downloads_hold_no_thread(s3_cloudland: Running, s3: Any,
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_every_answer_carries_its_request_id(s3: Any) -> None:
+    """S3 sends x-amz-request-id with every response (clients log it as RequestId):
+    also a HEAD's and a streamed GET's, whose headers leave before the handler returns."""
+    s3.create_bucket(Bucket="ids")
+    s3.put_object(Bucket="ids", Key="small", Body=b"s")
+    s3.put_object(Bucket="ids", Key="large", Body=b"l" * (1 << 20))
+    answers = [s3.head_object(Bucket="ids", Key="small"),
+               s3.head_object(Bucket="ids", Key="large"),
+               s3.get_object(Bucket="ids", Key="small"),
+               s3.get_object(Bucket="ids", Key="large"),
+               s3.get_object(Bucket="ids", Key="large", Range="bytes=0-99999")]
+    for answer in answers:
+        if "Body" in answer:
+            answer["Body"].read()
+    ids = [a["ResponseMetadata"].get("RequestId") for a in answers]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    assert {a["ResponseMetadata"]["HTTPHeaders"]["server"] for a in answers} == {"CloudLand"}
+    for key in ("small", "large"):
+        s3.delete_object(Bucket="ids", Key=key)
+    s3.delete_bucket(Bucket="ids")

@@ -784,6 +784,10 @@ class S3Server:
                 raise invalid_argument(f"{param} must not contain line breaks", param)
             headers[header] = value
         headers["X-Content-Type-Options"] = "nosniff"
+        # Also set by `handle`, but too late for a response already prepared (a HEAD's,
+        # a streamed body's): its headers have left by then.
+        headers["x-amz-request-id"] = call.request_id
+        headers["Server"] = "CloudLand"
         return headers
 
     async def _delete_object(self, call: Call) -> web.Response:
