@@ -133,3 +133,18 @@ def test_kill_9_during_applies_loses_nothing_acknowledged(tmp_path: Path) -> Non
         assert rvs == sorted(set(rvs))
     finally:
         store.close()
+
+
+def test_a_home_that_is_not_a_directory_is_explained_not_a_traceback(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a home\n")
+    for command in (("status",), ("down",), ("get", "svc"), ("up", "--api-port", "0"),
+                    ("up", "--detach", "--api-port", "0")):
+        result = run_cli(*command, "--home", str(a_file))
+        assert result.exit_code == 1, (command, result.output)
+        assert f"{a_file} is not a directory" in result.stderr, (command, result.output)
+        assert "--home" in result.stderr and "CLOUDLAND_HOME" in result.stderr
+    # A home that cannot be created says why, too.
+    result = run_cli("up", "--detach", "--home", str(a_file / "below"))
+    assert result.exit_code == 1, result.output
+    assert f"cannot create the CloudLand home {a_file / 'below'}" in result.stderr

@@ -2,7 +2,7 @@
 
 A home directory holds the store, the lock that makes `up` single-instance,
 logs, and `state.json` with the running supervisor's pid and addresses.  Both
-the daemon and the CLI use this module; it imports nothing else of ours.
+the daemon and the CLI use this module; it imports nothing of ours but errors.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudland.errors import CloudLandError
+
+_HOME_HINT = ("point --home (or CLOUDLAND_HOME) at a directory you can write; "
+              "CloudLand creates it if it does not exist")
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (and padding).
 _FLOCK = "hhqqi4x"
 
@@ -41,7 +45,11 @@ class Home:
 
     @classmethod
     def resolve(cls, given: str | Path | None = None) -> Home:
-        return cls(Path(given).expanduser().resolve() if given else default_home().resolve())
+        root = Path(given).expanduser().resolve() if given else default_home().resolve()
+        if root.exists() and not root.is_dir():
+            raise CloudLandError(f"the CloudLand home {root} is not a directory",
+                                 hint=_HOME_HINT)
+        return cls(root)
 
     @property
     def store_path(self) -> Path:
@@ -64,8 +72,12 @@ class Home:
         return self.log_dir / "cloudland.log"
 
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.log_dir.mkdir(exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.log_dir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise CloudLandError(f"cannot create the CloudLand home {self.root}: "
+                                 f"{err.strerror or err}", hint=_HOME_HINT) from None
 
     def read_state(self) -> dict[str, Any] | None:
         try:
@@ -90,7 +102,7 @@ class Home:
         starting supervisor think the home is taken."""
         try:
             fd = os.open(self.lock_path, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         try:
             return _whole_file_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
