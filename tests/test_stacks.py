@@ -143,3 +143,35 @@ def test_namespace_flag_and_stdin(cloudland: Running) -> None:
     with Client(cloudland.api) as c:
         obj = c.get("ConfigMap", "team-a", "settings")
     assert obj["metadata"]["labels"]["cloudland.io/stack"] == "piped"
+
+
+def test_apply_wait_waits_for_ready_and_fails_when_an_object_is_not(
+        cloudland: Running, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    write(good, "web.yaml", SERVICE)
+    write(good, "settings.yaml", CONFIG)  # data, no controller: nothing to wait for
+    done = cloudland.cli("apply", "-f", str(good), "--wait", "--timeout", "60")
+    assert done.exit_code == 0, done.output
+    assert "not ready" not in done.output
+    with Client(cloudland.api) as c:  # --wait returned: the replicas are ready, not just seen
+        assert c.get("Service", "default", "web")["status"]["readyReplicas"] == 2
+
+    # A Service that never becomes ready: --wait gives up at its timeout, says which
+    # object and why, and exits non-zero so a script does not carry on.
+    broken = write(tmp_path / "broken", "db.yaml", SERVICE.replace("name: web", "name: db")
+                   .replace('["sleep", "300"]', '["sh", "-c", "exit 3"]'))
+    failed = cloudland.cli("apply", "-f", str(broken), "--wait", "--timeout", "2")
+    assert failed.exit_code == 1, failed.output
+    assert "service/db" in failed.stderr and "not ready after 2s" in failed.stderr
+    assert "All objects" not in failed.stdout
+
+    # A Job that failed for good is reported at once, with its reason.
+    job = write(tmp_path / "job", "once.yaml", """\
+apiVersion: cloudland/v1
+kind: Job
+metadata: {name: once}
+spec: {command: ["sh", "-c", "exit 4"], backoffLimit: 0}
+""")
+    gave_up = cloudland.cli("apply", "-f", str(job), "--wait", "--timeout", "600")
+    assert gave_up.exit_code == 1, gave_up.output
+    assert "job/once failed: BackoffLimitExceeded" in gave_up.stderr

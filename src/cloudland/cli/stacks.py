@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cloudland.cli.manifests import Manifest, load, mapping, stack_name
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
@@ -20,6 +21,7 @@ from cloudland.cli.output import Format, console, dump, err_console, fail
 from cloudland.cli.plan import render_plan
 from cloudland.client import Client
 from cloudland.errors import CloudLandError, Invalid
+from cloudland.model.kinds import kind_info
 
 FilesOption = Annotated[list[str], typer.Option(
     "--filename", "-f", help="Manifest file or directory ('-' for stdin); repeatable.")]
@@ -45,7 +47,7 @@ def apply(
     stack: StackOption = None,
     namespace: NamespaceOption = None,
     wait: Annotated[bool, typer.Option(
-        "--wait", help="Wait until controllers have acted on every object.")] = False,
+        "--wait", help="Wait until every object is ready (exit 1 if one is not).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to --wait.")] = 120.0,
     output: Annotated[Format | None, typer.Option("--output", "-o", help="json or yaml")] = None,
     home: HomeOption = None,
@@ -204,35 +206,68 @@ def _ref(m: Manifest, namespace: str | None) -> dict[str, str] | None:
 
 
 def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
-    """Wait until each applied object's status has caught up with its generation."""
+    """Wait until every applied object is ready (see `_not_ready`); a Job that has
+    failed for good ends the wait at once, and objects still not ready at the
+    timeout are named with their reason."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     pending = [i for i in items if i["action"] != "deleted"]
     deadline = time.monotonic() + timeout
-    not_ready: list[str] = []
-    with Progress(TextColumn("Waiting for controllers"), BarColumn(), MofNCompleteColumn(),
+    why: dict[str, str] = {}
+    with Progress(TextColumn("Waiting until ready"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
-        task = bar.add_task("wait", total=len(pending))
+        total = len(pending)
+        task = bar.add_task("wait", total=total)
         while pending and time.monotonic() < deadline:
             still = []
             for item in pending:
-                obj = client.get(item["kind"], item["namespace"], item["name"])
-                status = obj.get("status") or {}
-                if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 1):
-                    still.append(item)
+                kind, name = item["kind"].lower(), item["name"]
+                verdict = _not_ready(client.get(item["kind"], item["namespace"], name))
+                if verdict is None:
                     continue
-                ready = next((c for c in status.get("conditions", [])
-                              if c["type"] == "Ready"), None)
-                if ready and ready["status"] == "False":
-                    not_ready.append(f"{item['kind'].lower()}/{item['name']}: "
-                                     f"{ready.get('reason')}: {ready.get('message')}")
-            bar.update(task, completed=len(pending) - len(still) + bar.tasks[0].completed)
+                failed, reason = verdict
+                if failed:
+                    raise CloudLandError(f"{kind}/{name} failed: {reason}",
+                                         hint=f"see: cloudland describe {kind} {name}")
+                why[f"{kind}/{name}"] = reason
+                still.append(item)
+            bar.update(task, completed=total - len(still))
             pending = still
             if pending:
                 time.sleep(0.1)
-    for line in not_ready:
-        err_console.print(f"[yellow]not ready:[/] {line}")
     if pending:
-        raise CloudLandError(f"{len(pending)} object(s) not reconciled after {timeout:.0f}s",
-                             hint="see: cloudland events")
-    console.print("[green]✓[/] All objects reconciled.")
+        for item in pending:
+            ref = f"{item['kind'].lower()}/{item['name']}"
+            err_console.print(f"[yellow]not ready:[/] {ref}: {escape(why.get(ref, ''))}",
+                              soft_wrap=True)
+        first = pending[0]
+        raise CloudLandError(f"{len(pending)} object(s) not ready after {timeout:.0f}s",
+                             hint=f"see: cloudland describe {first['kind'].lower()} "
+                                  f"{first['name']}, or cloudland events")
+    console.print("[green]✓[/] All objects ready.")
+
+
+def _not_ready(obj: dict[str, Any]) -> tuple[bool, str] | None:
+    """None when `obj` is ready: data (ConfigMaps, Secrets) at once, other kinds once
+    their controller has acted on this generation and Ready is not False (kinds still
+    to be built say Unknown). Otherwise (failed for good?, why): a Failed condition
+    (a Job out of retries) is for good."""
+    info = kind_info(obj["kind"])
+    if info is None or "spec" not in info.spec_fields:
+        return None
+    status = obj.get("status") or {}
+    if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 1):
+        return False, "waiting for its controller"
+    conditions = {c.get("type"): c for c in status.get("conditions", []) if isinstance(c, dict)}
+    failed, ready, degraded = (conditions.get(t) or {} for t in ("Failed", "Ready", "Degraded"))
+    if failed.get("status") == "True":
+        return True, _because(failed)
+    if ready.get("status") != "False":
+        return None
+    # Degraded says why an instance keeps failing (CrashLoopBackOff: command not found).
+    return False, _because(ready) + (f"; {_because(degraded)}"
+                                     if degraded.get("status") == "True" else "")
+
+
+def _because(condition: dict[str, Any]) -> str:
+    return f"{condition.get('reason')}: {condition.get('message')}"
