@@ -46,6 +46,15 @@ def test_cloudland_run_prints_the_output(cloudland: Running) -> None:
     result = cloudland.cli("run", "greet", "--", "sh", "-c", "echo hello from a job")
     assert result.exit_code == 0, result.output
     assert "hello from a job" in result.stdout and "completed" in result.stdout
+    # A failed run exits with the command's own code, as `docker run` does, and says why.
     failed = cloudland.cli("run", "oops", "--", "sh", "-c", "echo broken >&2; exit 2")
-    assert failed.exit_code == 1
-    assert "broken" in failed.stderr and "failed" in failed.stderr
+    assert failed.exit_code == 2, failed.output
+    assert "broken" in failed.stderr and "job/oops failed: exit code 2" in failed.stderr
+    missing = cloudland.cli("run", "typo", "--", "/no/such/program", "x")
+    assert missing.exit_code == 127, missing.output  # the shell's "command not found"
+    assert "job/typo failed: command '/no/such/program' not found" in missing.stderr
+    # Running a name again says how to get past it.
+    again = cloudland.cli("run", "greet", "--", "true")
+    assert again.exit_code == 1, again.output
+    assert "job/greet already exists" in again.stderr
+    assert "cloudland delete job greet" in again.stderr

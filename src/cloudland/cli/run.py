@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import console, err_console
-from cloudland.errors import CloudLandError
+from cloudland.errors import AlreadyExists, CloudLandError
+
+COMMAND_NOT_FOUND = 127  # the shell's code, and docker run's
 
 
 def register(app: typer.Typer) -> None:
@@ -42,8 +45,13 @@ def run(
     if workdir:
         spec["workingDir"] = str(Path(workdir).resolve())
     with client_for(home) as client:
-        client.create({"apiVersion": "cloudland/v1", "kind": "Job",
-                       "metadata": {"name": name, "namespace": ns}, "spec": spec})
+        try:
+            client.create({"apiVersion": "cloudland/v1", "kind": "Job",
+                           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+        except AlreadyExists:
+            flag = f" -n {ns}" if namespace else ""
+            hint = f"choose another name, or delete it first: cloudland delete job {name}{flag}"
+            raise CloudLandError(f"job/{name} already exists", hint=hint) from None
         console.print(f"job/{name} created")
         if detach:
             return
@@ -68,6 +76,26 @@ def run(
         raise CloudLandError(f"job/{name} did not finish in {timeout:.0f}s",
                              hint=f"see: cloudland describe job {name}")
     if verdict["type"] == "Failed":
-        err_console.print(f"[red]job/{name} failed:[/] {verdict['message']}")
-        raise typer.Exit(1)
+        why, code = _last_exit(status)
+        if not why or verdict.get("reason") != "BackoffLimitExceeded":  # a deadline, say
+            why = verdict["message"] + (f"; last attempt: {why}" if why else "")
+        err_console.print(f"[red]job/{name} failed:[/] {escape(why)}", soft_wrap=True)
+        raise typer.Exit(code)
     console.print(f"[green]✓[/] job/{name} completed")
+
+
+def _last_exit(status: dict[str, Any]) -> tuple[str, int]:
+    """Why the last attempt ended, and the exit code `run` passes on: the command's
+    own, 127 when it could not be found, 128 + N for a signal (as a shell does)."""
+    last = next((a["lastExit"] for a in reversed(status.get("attempts", []))
+                 if a.get("lastExit")), None)
+    if not last:
+        return "", 1
+    code, signal = last.get("exitCode"), last.get("signal")
+    if last.get("reason") == "CommandNotFound":
+        return str(last.get("message")), COMMAND_NOT_FOUND
+    if isinstance(signal, int):
+        return f"killed ({last.get('reason')})", 128 + signal
+    if isinstance(code, int) and code > 0:
+        return f"exit code {code}", code
+    return str(last.get("message") or last.get("reason") or ""), 1
