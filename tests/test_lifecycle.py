@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,6 +74,30 @@ def test_detach_runs_in_background(tmp_path: Path) -> None:
     finally:
         assert run_cli("down", "--home", str(home)).exit_code == 0
     wait_for(lambda: not _alive(int(state["pid"])), message="detached supervisor to exit")
+
+
+def test_detach_warns_about_a_part_whose_port_is_taken(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "cloudland", "up", "--detach", "--home", str(home),
+             "--gateway-port", str(port), "--s3-port", str(port)],
+            # The API port from the environment, as the gateway's and S3's can be.
+            env={**os.environ, "CLOUDLAND_API_PORT": "0"},
+            capture_output=True, text=True, timeout=60)
+        try:
+            assert result.returncode == 0, result.stderr
+            assert "CloudLand is up" in result.stdout
+            # Up, but without a gateway and S3: it says so instead of a bare ✓.
+            assert f"gateway: the gateway did not start: port {port} is already in use" \
+                in result.stderr
+            assert f"s3: the S3 server did not start on port {port}" in result.stderr
+            assert "--gateway-port" in result.stderr and "--s3-port" in result.stderr
+        finally:
+            assert run_cli("down", "--home", str(home)).exit_code == 0
 
 
 def test_commands_explain_when_cloudland_is_not_running(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
 
 def up(
     home: HomeOption = None,
-    api_port: Annotated[int, typer.Option("--api-port", help="API port; 0 picks a free one.",
+    api_port: Annotated[int, typer.Option("--api-port", envvar="CLOUDLAND_API_PORT",
+                                          help="API port; 0 picks a free one.",
                                           min=0, max=65535)] = 7070,
     api_host: Annotated[str, typer.Option("--api-host", help="Address to listen on.")] = (
         "127.0.0.1"),
@@ -86,8 +87,9 @@ def start_detached(home: Home, host: str, port: int, gateway_port: int = 8080,
             state = home.read_state()
             if state and state.get("pid") == child.pid:
                 console.print(f"[green]✓[/] CloudLand is up: API [bold]{state['api']}[/] "
-                              f"(pid {child.pid}, home {home.root})")
-                console.print(f"  logs: {home.daemon_log}")
+                              f"(pid {child.pid}, home {home.root})", soft_wrap=True)
+                console.print(f"  logs: {home.daemon_log}", soft_wrap=True)
+                _warn_unhealthy(str(state["api"]))
                 return
             if child.poll() is not None:
                 tail = home.daemon_log.read_text(errors="replace").splitlines()[-10:]
@@ -96,6 +98,21 @@ def start_detached(home: Home, host: str, port: int, gateway_port: int = 8080,
     child.kill()
     fail(CloudLandError(f"CloudLand did not become ready in {START_TIMEOUT:.0f}s",
                         hint=f"see {home.daemon_log}"))
+
+
+def _warn_unhealthy(api: str) -> None:
+    """Name each part that did not start (a port already taken, say): CloudLand runs
+    on without it, and a bare ✓ would hide that."""
+    from cloudland.client import Client  # lazily: the daemon itself never needs httpx
+
+    try:
+        parts = Client(api, timeout=5).health().get("parts", {})
+    except Unavailable:
+        return
+    for name, part in parts.items():
+        if not part.get("healthy"):
+            err_console.print(f"[yellow]warning:[/] {name}: {part.get('error') or 'unhealthy'}",
+                              soft_wrap=True)
 
 
 def down(home: HomeOption = None) -> None:

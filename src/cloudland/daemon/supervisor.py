@@ -61,7 +61,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise CloudLandError(
             f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="choose another port with --api-port, or 0 for any free port",
+            hint=("choose another port with --api-port (or CLOUDLAND_API_PORT), "
+                  "or 0 for any free port"),
         ) from None
     sock.listen(1024)
     sock.setblocking(False)
