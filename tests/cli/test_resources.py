@@ -67,6 +67,17 @@ def test_get_lists_a_table_filtered_by_namespace_and_selector(
     assert [r[0] for r in _lines(in_team.stdout)[1:]] == ["other"]
 
 
+def test_a_piped_table_keeps_each_row_on_one_line(cloudland: Running, api: Client) -> None:
+    # Wider than 80 columns: a script reading the output (grep, awk, cut) still gets
+    # one whole row per line, as from kubectl, not cells folded onto the next lines.
+    namespace, name = "team-" + "n" * 58, "settings-" + "s" * 54
+    api.create(_configmap(name, namespace=namespace))
+    rows = _lines(cloudland.cli("get", "cm", "-A").stdout)
+    assert rows[0] == ["NAMESPACE", "NAME", "DATA", "AGE"]
+    assert [namespace, name, "0"] in [r[:3] for r in rows[1:]]
+    assert all(len(r) == 4 for r in rows), rows
+
+
 def test_get_wide_adds_the_wide_columns(cloudland: Running, api: Client) -> None:
     api.create({"apiVersion": "cloudland/v1", "kind": "Bucket",
                 "metadata": {"name": "photos"}, "spec": {"access": "public-read"}})

@@ -1,7 +1,7 @@
 """How the CLI prints: tables, YAML/JSON for scripts, errors with hints.
 
 Colour goes to terminals only (rich decides); `-o json|yaml` output is plain
-so scripts can parse it.
+so scripts can parse it, and a table sent to a pipe keeps each row on one line.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Any, NoReturn
 
 import yaml
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from cloudland.errors import CloudLandError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+UNBOUNDED = 1 << 20  # columns: wider than any table
 
 
 class Format(StrEnum):
@@ -45,7 +47,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
         t.add_column(h, overflow="fold")
     for row in rows:
         t.add_row(*("" if c is None else str(c) for c in row))
-    console.print(t)
+    if console.is_terminal:
+        console.print(t)
+    else:
+        # Scripts read one row per line (grep, awk), as from kubectl: a pipe is no
+        # 80-column screen, so never fold a cell onto the next line there.
+        natural = Measurement.get(console, console.options.update_width(UNBOUNDED), t)
+        wide = Console(highlight=False, width=max(console.width, natural.maximum))
+        with wide.capture() as captured:
+            wide.print(t)
+        sys.stdout.write("".join(line.rstrip() + "\n"
+                                 for line in captured.get().splitlines()))
+        sys.stdout.flush()
 
 
 def fail(err: CloudLandError | str, *, code: int = 1, where: str | None = None) -> NoReturn:
