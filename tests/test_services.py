@@ -199,6 +199,18 @@ def test_the_nginx_example_serves(cloudland: Running) -> None:
         wait_for(lambda: ready_count(client, "nginx", 2), timeout=30, message="nginx ready")
         for ep in status(client, "nginx")["endpoints"]:
             assert httpx.get(f"http://{ep}/").text == "hello from nginx\n"
+        # Its config and temp files live in the instance's own scratch directory,
+        # which goes with the instance: nothing is left behind in /tmp.
+        configs = []
+        for inst in status(client, "nginx")["instances"]:
+            # "nginx: master process nginx -c PATH" (nginx rewrites its argv)
+            argv = Path(f"/proc/{inst['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
+            configs.append(Path(argv.split(b" -c ")[1].split()[0].decode()))
+        assert all(c.is_file() for c in configs)
+        client.delete("Service", "default", "nginx")
+        wait_for(lambda: not client.list("Service", "default")["items"], timeout=30,
+                 message="nginx deleted")
+    assert not any(c.parent.exists() for c in configs), configs
 
 
 def test_faults_are_reported_and_never_block(cloudland: Running, tmp_path: Path) -> None:

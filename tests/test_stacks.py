@@ -155,6 +155,15 @@ def test_apply_wait_waits_for_ready_and_fails_when_an_object_is_not(
     assert "not ready" not in done.output
     with Client(cloudland.api) as c:  # --wait returned: the replicas are ready, not just seen
         assert c.get("Service", "default", "web")["status"]["readyReplicas"] == 2
+    # A change rolls out: --wait returns once every replica runs the new revision, as
+    # kubectl rollout status does.
+    write(good, "web.yaml", SERVICE.replace('"300"', '"301"'))
+    rolled = cloudland.cli("apply", "-f", str(good), "--wait", "--timeout", "60")
+    assert rolled.exit_code == 0, rolled.output
+    with Client(cloudland.api) as c:
+        status = c.get("Service", "default", "web")["status"]
+        assert status["revision"] == 2 and status["updatedReplicas"] == 2
+        assert {i["revision"] for i in status["instances"]} == {2}
 
     # A Service that never becomes ready: --wait gives up at its timeout, says which
     # object and why, and exits non-zero so a script does not carry on.
