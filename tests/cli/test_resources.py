@@ -299,6 +299,13 @@ def test_events_are_listed_sorted_filtered_and_described(cloudland: Running, api
     assert [r[2] for r in rows[1:]] == ["Started", "Broken"]  # oldest first
     assert rows[1][3] == "configmap/web"
 
+    as_json = cloudland.cli("events", "-o", "json")  # for scripts, as kubectl get events
+    assert as_json.exit_code == 0, as_json.output
+    assert as_json.json()["kind"] == "EventList"
+    assert [e["reason"] for e in as_json.json()["items"]] == ["Started", "Broken"]
+    as_yaml = yaml.safe_load(cloudland.cli("events", "-o", "yaml", "--for", "cm/web").stdout)
+    assert [e["reason"] for e in as_yaml["items"]] == ["Started", "Broken"]
+
     everywhere = _lines(cloudland.cli("events", "-A").stdout)
     assert everywhere[0][0] == "NAMESPACE"
     assert [r[0] for r in everywhere[1:] if r[0] != "default"] == ["team"]

@@ -254,6 +254,7 @@ def events(
     for_: Annotated[str | None, typer.Option(
         "--for", help="Only events about one object: KIND/NAME, e.g. svc/web.")] = None,
     watch: WatchOption = False,
+    output: OutputOption = Format.table,
     home: HomeOption = None,
 ) -> None:
     """List events, oldest first; -w keeps printing new ones."""
@@ -263,10 +264,12 @@ def events(
     with client_for(home) as client:
         listed = client.list("Event", ns)
         items = _by_time(e for e in listed["items"] if wanted(e))
+        rv = str(listed["metadata"]["resourceVersion"])
         if watch:
-            changes = client.watch("Event", ns,
-                                   resource_version=str(listed["metadata"]["resourceVersion"]))
-            _follow(view, items, (e for e in changes if wanted(e["object"])), Format.table)
+            changes = client.watch("Event", ns, resource_version=rv)
+            _follow(view, items, (e for e in changes if wanted(e["object"])), output)
+        elif output in (Format.json, Format.yaml):
+            dump(_list_of(KINDS["Event"], items, rv), output)
         elif items:
             table(view.headers, view.rows(items))
         else:
