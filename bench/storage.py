@@ -270,7 +270,7 @@ def _client_process(target: tuple[str, str, str], bucket: str, threads: int, tag
                     window: tuple[float, float], results: Any) -> None:
     """One process of `small_ops_spread`: `threads` boto3 clients in a closed loop until
     the window's end; puts the ops completed inside the window (wall clock) on
-    `results`, or the first error."""
+    `results` with the CPU-seconds this process used meanwhile, or the first error."""
     clients = [make_client(*target) for _ in range(threads)]
     body = os.urandom(SMALL)
     counts = [0] * threads
@@ -292,16 +292,20 @@ def _client_process(target: tuple[str, str, str], bucket: str, threads: int, tag
     pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
+    time.sleep(max(0.0, window[0] - time.time()))
+    cpu0 = time.process_time()
+    time.sleep(max(0.0, window[1] - time.time()))
+    cpu = time.process_time() - cpu0
     for t in pool:
         t.join()
-    results.put(errors[0] if errors else sum(counts))
+    results.put(errors[0] if errors else (sum(counts), cpu))
 
 
 def small_ops_spread(target: tuple[str, str, str], bucket: str,
-                     server_pid: int) -> tuple[float, float]:
+                     server_pid: int) -> tuple[float, float, float]:
     """The 4 KiB PUT+GET op with the same THREADS boto3 clients spread over PROCESSES
-    processes, so no one interpreter's GIL caps the load; op/s and the server's CPU-ms
-    per op."""
+    processes, so no one interpreter's GIL caps the load; op/s, the server's CPU-ms
+    per op and the clients' CPU-ms per op."""
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     start = time.time() + SPREAD_START_S  # after the processes imported boto3
@@ -324,8 +328,10 @@ def small_ops_spread(target: tuple[str, str, str], bucket: str,
                 proc.kill()
     if any(isinstance(g, str) for g in got):
         raise RuntimeError(next(g for g in got if isinstance(g, str)))
-    ops = sum(got)
-    return ops / SMALL_S, 1000 * server_cpu / max(ops, 1)
+    ops = sum(count for count, _ in got)
+    client_cpu = sum(cpu for _, cpu in got)
+    return (ops / SMALL_S, 1000 * server_cpu / max(ops, 1),
+            1000 * client_cpu / max(ops, 1))
 
 
 # wrk replays the presigned requests listed in a file, one "METHOD PATH" per line,
@@ -624,6 +630,9 @@ def null_s3(path: Path) -> Iterator[str]:
     checksum = base64.b64encode(crc32.to_bytes(4, "big")).decode()
 
     def serve(conn: socket.socket) -> None:
+        # Headers and body leave in two writes: without NODELAY, Nagle holds the body
+        # until the client's delayed ACK (~40 ms) comes back.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buffer = memoryview(bytearray(BLOCK))
         with conn, open(path, "rb") as body:
             pending = b""
@@ -674,6 +683,17 @@ def client_ceiling(path: Path) -> tuple[float, float]:
     beat with this client here."""
     with null_s3(path) as url:
         return big_put_get(make_client(url, "null", "null"), "null", path)
+
+
+def small_ceiling() -> float:
+    """`small_ops_spread`'s op/s against `null_s3` serving a 4 KiB object: the boto3
+    clients' own ceiling for the 4 KiB op here."""
+    with tempfile.TemporaryDirectory(prefix="bench-s3-null-") as scratch:
+        path = Path(scratch) / "small.bin"
+        path.write_bytes(os.urandom(SMALL))
+        with null_s3(path) as url:
+            ops, _, _ = small_ops_spread((url, "null", "null"), "null", os.getpid())
+    return ops
 
 
 def client_hash_s(path: Path) -> float:
@@ -760,14 +780,24 @@ def measure() -> list[Row]:
         _try(rows, "S3 4 KiB PUT+GET", "op/s", small)
 
         def spread() -> list[Row]:
-            cl, cl_cpu = small_ops_spread(targets["cloudland"], "bench", pids["cloudland"])
-            mo, mo_cpu = small_ops_spread(targets["moto"], "bench", pids["moto"])
+            cl, cl_cpu, cl_client = small_ops_spread(targets["cloudland"], "bench",
+                                                     pids["cloudland"])
+            mo, mo_cpu, mo_client = small_ops_spread(targets["moto"], "bench", pids["moto"])
+            ceiling = small_ceiling()
             note = (f"the same {THREADS} boto3 clients and op, {THREADS // PROCESSES} "
                     f"threads in each of {PROCESSES} processes, so no one interpreter's GIL "
-                    f"caps the load; {SMALL_S:.0f} s counted; server CPU per op "
-                    f"{cl_cpu:.2f} ms CloudLand, {mo_cpu:.2f} ms moto")
+                    f"caps the load; {SMALL_S:.0f} s counted; CPU per op: server "
+                    f"{cl_cpu:.2f} ms CloudLand, {mo_cpu:.2f} ms moto; the boto3 processes "
+                    f"{cl_client:.2f} ms against CloudLand, {mo_client:.2f} ms against moto "
+                    f"(two cores pass at most 2 / (client + server) ops per second)")
+            ceiling_note = ("the same processes and op against a server that does only "
+                            "HTTP (in the bench process, which is otherwise idle): the "
+                            "most these boto3 clients can do on this machine, whatever "
+                            "the server")
             return [Row(f"S3 4 KiB PUT+GET (boto3, {PROCESSES} processes)", cl, "op/s", mo,
-                        "moto", 5 * mo, "min", note)]
+                        "moto", 5 * mo, "min", note),
+                    Row("  4 KiB vs boto3 alone", cl, "op/s", ceiling, "null server", None,
+                        "min", ceiling_note)]
         _try(rows, "S3 4 KiB PUT+GET (boto3 processes)", "op/s", spread)
 
         def lean() -> list[Row]:
