@@ -15,6 +15,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from cloudland.daemon.supervisor import HEADER_TIMEOUT_S
 from tests.conftest import Running, start_cloudland, wait_for
 from tests.storage.conftest import client
 
@@ -99,3 +100,37 @@ def test_the_api_answers_503_past_its_share_and_recovers(limited: Running) -> No
         return httpx.get(f"{limited.api}/healthz", timeout=10).status_code == 200
 
     wait_for(healthy, timeout=10, message="the API to serve again once the idle ones closed")
+
+
+def closed_by_server(conn: socket.socket, timeout: float) -> bool:
+    """Whether the server closes `conn` (EOF) within `timeout`, without it answering."""
+    conn.settimeout(timeout)
+    try:
+        return conn.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_the_api_closes_connections_that_send_no_request_in_time(limited: Running) -> None:
+    """Idle-from-start and half-sent requests are closed after HEADER_TIMEOUT_S, so a
+    client that leaks them cannot hold the API at 503; a streaming watch stays."""
+    address = urlsplit(limited.api)
+    with contextlib.ExitStack() as closing, limited.http() as api:
+        watch = closing.enter_context(api.stream(
+            "GET", "/apis/cloudland/v1/namespaces/default/configmaps?watch=true",
+            timeout=HEADER_TIMEOUT_S * 4))
+        idle = [closing.enter_context(socket.create_connection(
+            (address.hostname, address.port), timeout=10)) for _ in range(SHARE + 2)]
+        idle[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert httpx.get(f"{limited.api}/healthz", timeout=10).status_code == 503
+        # The client keeps them all open; the server lets them go.
+        assert all(closed_by_server(conn, HEADER_TIMEOUT_S * 3) for conn in idle)
+        assert httpx.get(f"{limited.api}/healthz", timeout=10).status_code == 200
+        # The watch, whose request was whole, was left alone: it still delivers.
+        api.post("/apis/cloudland/v1/namespaces/default/configmaps", json={
+            "apiVersion": "cloudland/v1", "kind": "ConfigMap",
+            "metadata": {"name": "after-idle"}, "data": {}}).raise_for_status()
+        events = watch.iter_lines()
+        assert any('"after-idle"' in line for line in events)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cloudland import __version__
 from cloudland.api.app import create_app
@@ -50,6 +51,54 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+HEADER_TIMEOUT_S = 10.0  # from a connection's start (or its last answer) to a request's headers
+
+
+class _HeaderDeadlineHttp(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline on request headers.
+
+    uvicorn arms its keep-alive timer only once a response is done, so a connection
+    that never sends a request, or stalls inside its headers, is kept for ever. Each
+    one holds a slot of `limit_concurrency`; enough of them and every request gets a
+    503 until their client goes away. Like aiohttp (the S3 server) and Go's
+    ReadHeaderTimeout, this closes a connection whose next request's headers have not
+    arrived HEADER_TIMEOUT_S after it opened or after its previous response.
+    """
+
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._stop_waiting()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle now, not a pipelined request
+            self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_late)
+
+    def _stop_waiting(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -151,7 +200,8 @@ class Supervisor:
         api_url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                              lifespan="off", timeout_graceful_shutdown=3,
-                                             limit_concurrency=self.connections))
+                                             limit_concurrency=self.connections,
+                                             http=_HeaderDeadlineHttp))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
