@@ -95,6 +95,10 @@ def test_the_api_answers_503_past_its_share_and_recovers(limited: Running) -> No
                 socket.create_connection((address.hostname, address.port), timeout=10))
         answer = httpx.get(f"{limited.api}/healthz", timeout=10)
         assert answer.status_code == 503, answer.text
+        busy = limited.cli("get", "configmaps")
+        assert busy.exit_code != 0
+        assert "connection limit" in busy.output and "retry in a moment" in busy.output, \
+            busy.output
 
     def healthy() -> bool:
         return httpx.get(f"{limited.api}/healthz", timeout=10).status_code == 200

@@ -73,6 +73,10 @@ class Client:
             return body
         if isinstance(body, dict) and "reason" in body:
             raise CloudLandError.from_dict(body)
+        if response.status_code == 503:  # uvicorn's own answer past its connection limit
+            raise Unavailable("the CloudLand API is at its connection limit (HTTP 503)",
+                              hint="some client holds many connections open to it; they are "
+                              "closed after 10 s idle: retry in a moment")
         err = CloudLandError(f"HTTP {response.status_code}: {response.text[:200]}")
         err.status = response.status_code
         raise err
