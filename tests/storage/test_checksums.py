@@ -252,3 +252,34 @@ def test_copy_object_checksums(s3: Any, bucket: str) -> None:
     assert head["ChecksumSHA256"] == sha and "ChecksumCRC32" not in head
     assert fails(s3.copy_object, Bucket=bucket, Key="copy-bad", CopySource=source,
                  ChecksumAlgorithm="MD4") == ("InvalidRequest", 400)
+
+
+def test_complete_of_a_composite_upload_names_each_parts_checksum(s3: Any, bucket: str) -> None:
+    """S3 refuses a CompleteMultipartUpload of a COMPOSITE upload that leaves out a part's
+    checksum (InvalidRequest), or gives another algorithm's (BadDigest); the upload stays."""
+    bodies = [b"s" * PART, b"end"]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="named",
+                                           ChecksumAlgorithm="SHA256")["UploadId"]
+    parts = [{"PartNumber": n, "ETag": s3.upload_part(
+        Bucket=bucket, Key="named", UploadId=upload_id, PartNumber=n, Body=body,
+        ChecksumAlgorithm="SHA256")["ETag"],
+        "ChecksumSHA256": base64.b64encode(hashlib.sha256(body).digest()).decode()}
+        for n, body in enumerate(bodies, 1)]
+
+    def complete(*listed: dict[str, Any]) -> Any:
+        return s3.complete_multipart_upload(Bucket=bucket, Key="named", UploadId=upload_id,
+                                            MultipartUpload={"Parts": list(listed)})
+
+    missing = {"PartNumber": 2, "ETag": parts[1]["ETag"]}
+    with pytest.raises(ClientError) as err:
+        complete(parts[0], missing)
+    assert err.value.response["Error"] == {
+        "Code": "InvalidRequest", "Message": "The upload was created using a sha256 checksum. "
+        "The complete request must include the checksum for each part. It was missing for "
+        "part 2 in the request.", "Resource": "/sums/named"}
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(ClientError) as err:
+        complete(parts[0], {**missing, "ChecksumCRC32": crc32(bodies[1])})
+    assert (err.value.response["Error"]["Code"], err.value.response["Error"]["Message"]) == (
+        "BadDigest", "The crc32 you specified for part 2 did not match what we received.")
+    assert complete(*parts)["ChecksumType"] == "COMPOSITE"

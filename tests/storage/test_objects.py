@@ -795,8 +795,16 @@ def test_multipart_complete(store: ObjectStore, small_parts: int) -> None:
     assert len(blob_files(store)) == len(old_blobs)
     parts[1] = replaced
 
-    info = store.complete_upload(upload_id, [(1, parts[0].etag), (3, f'"{parts[1].etag}"'),
-                                             (7, parts[2].etag)])
+    listed = [(1, parts[0].etag), (3, f'"{parts[1].etag}"'), (7, parts[2].etag)]
+    sums = [base64.b64encode(hashlib.sha256(b).digest()).decode() for b in bodies]
+    with pytest.raises(S3Error) as missing:  # a COMPOSITE upload names every part's checksum
+        store.complete_upload(upload_id, listed, part_checksums={
+            1: {"sha256": sums[0]}, 3: {"sha256": sums[1]}})
+    assert (missing.value.code, missing.value.message) == (
+        "InvalidRequest", "The upload was created using a sha256 checksum. The complete request "
+        "must include the checksum for each part. It was missing for part 7 in the request.")
+    info = store.complete_upload(upload_id, listed, part_checksums={
+        n: {"sha256": c} for n, c in zip([1, 3, 7], sums, strict=True)})
     md5s = b"".join(hashlib.md5(b).digest() for b in bodies)
     assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
     assert info.parts == [3000, 2048, 10] and info.size == 5058

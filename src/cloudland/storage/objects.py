@@ -601,6 +601,22 @@ def _object_checksums(upload: Upload, parts: list[PartInfo], expected: dict[str,
     return {algorithm: value} if algorithm is not None and value is not None else {}
 
 
+def _require_part_checksum(upload: Upload, number: int, claimed: dict[str, str]) -> None:
+    """A CompleteMultipartUpload of a COMPOSITE upload must name each part's checksum
+    (the object's is made of them), as S3 requires; a FULL_OBJECT one may leave them out.
+    `claimed` is what the request says part `number`'s checksums are."""
+    algorithm = upload.checksums_algorithm
+    if not algorithm or algorithm in claimed or \
+            (upload.checksum_type or sums.default_type(algorithm)) != sums.COMPOSITE:
+        return
+    if claimed:  # another algorithm's: S3 takes it for a wrong value of the part
+        raise S3Error("BadDigest", f"The {next(iter(claimed))} you specified for part "
+                      f"{number} did not match what we received.", 400)
+    raise invalid_request(f"The upload was created using a {algorithm} checksum. The complete "
+                          "request must include the checksum for each part. It was missing "
+                          f"for part {number} in the request.")
+
+
 def check_key(key: str) -> str:
     """`key` if S3 accepts it: not empty, valid UTF-8, at most 1,024 bytes of it."""
     if not key:
@@ -1225,6 +1241,7 @@ class ObjectStore:
                                       PartNumber=str(number), ETag=etag)
                     part = found[0]
                     claimed = (part_checksums or {}).get(number, {})
+                    _require_part_checksum(upload, number, claimed)
                     if any(part.checksums.get(a) != v for a, v in claimed.items()):
                         raise S3Error("InvalidPart", "One or more of the specified parts could "
                                       "not be found. The part may not have been uploaded, or "
