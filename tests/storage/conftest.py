@@ -49,3 +49,9 @@ def s3(s3_cloudland: Running, access_key: tuple[str, str]) -> Any:
 
 def home(running: Running) -> Path:
     return running.home
+
+
+@pytest.fixture(scope="module")
+def plain(s3_cloudland: Running, access_key: tuple[str, str]) -> Any:
+    """A client that sends no checksum unless told to (boto3 sends CRC32 by default)."""
+    return client(s3_cloudland, access_key, request_checksum_calculation="when_required")

@@ -16,8 +16,6 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tests.conftest import Running
-from tests.storage.conftest import client
 from tests.storage.test_s3_api import fails
 
 MIB = 1 << 20
@@ -59,12 +57,6 @@ def crc64nvme(data: bytes) -> str:
 def bucket(s3: Any) -> str:
     s3.create_bucket(Bucket="sums")
     return "sums"
-
-
-@pytest.fixture(scope="module")
-def plain(s3_cloudland: Running, access_key: tuple[str, str]) -> Any:
-    """A client that sends no checksum unless told to (boto3 sends CRC32 by default)."""
-    return client(s3_cloudland, access_key, request_checksum_calculation="when_required")
 
 
 def composite_upload(s3: Any, bucket: str, key: str, bodies: list[bytes]) -> dict[str, Any]:
@@ -252,6 +244,46 @@ def test_copy_object_checksums(s3: Any, bucket: str) -> None:
     assert head["ChecksumSHA256"] == sha and "ChecksumCRC32" not in head
     assert fails(s3.copy_object, Bucket=bucket, Key="copy-bad", CopySource=source,
                  ChecksumAlgorithm="MD4") == ("InvalidRequest", 400)
+
+
+def test_a_part_says_its_own_checksum(s3: Any, plain: Any, bucket: str) -> None:
+    """GET or HEAD ?partNumber with checksum mode: a COMPOSITE object's part carries its
+    own checksum (boto3 checks the part's bytes against it), a FULL_OBJECT one's none
+    (the object's does not describe the part), as S3 answers them."""
+    bodies = [b"x" * PART, b"last"]
+    composite_upload(s3, bucket, "by-part", bodies)
+    for n, body in enumerate(bodies, 1):
+        head = s3.head_object(Bucket=bucket, Key="by-part", PartNumber=n, ChecksumMode="ENABLED")
+        assert (head["ChecksumCRC32"], head["ChecksumType"], head["PartsCount"],
+                head["ContentLength"]) == (crc32(body), "COMPOSITE", 2, len(body))
+        got = s3.get_object(Bucket=bucket, Key="by-part", PartNumber=n, ChecksumMode="ENABLED")
+        assert got["Body"].read() == body
+        assert (got["ChecksumCRC32"], got["ChecksumType"]) == (crc32(body), "COMPOSITE")
+    assert "ChecksumCRC32" not in plain.head_object(Bucket=bucket, Key="by-part", PartNumber=1)
+    upload_id = plain.create_multipart_upload(Bucket=bucket, Key="whole-parts",
+                                              ChecksumAlgorithm="CRC32",
+                                              ChecksumType="FULL_OBJECT")["UploadId"]
+    etags = [plain.upload_part(Bucket=bucket, Key="whole-parts", UploadId=upload_id,
+                               PartNumber=n, Body=body)["ETag"] for n, body in enumerate(bodies, 1)]
+    plain.complete_multipart_upload(Bucket=bucket, Key="whole-parts", UploadId=upload_id,
+                                    MultipartUpload={"Parts": [
+                                        {"PartNumber": n, "ETag": e} for n, e in
+                                        enumerate(etags, 1)]})
+    part = s3.head_object(Bucket=bucket, Key="whole-parts", PartNumber=2, ChecksumMode="ENABLED")
+    assert part["PartsCount"] == 2 and "ChecksumCRC32" not in part and "ChecksumType" not in part
+
+
+def test_a_range_that_is_the_whole_object_keeps_its_checksum(s3: Any, bucket: str) -> None:
+    """A single PUT's part 1, or a Range of every byte, is the object: its checksum
+    holds (and no x-amz-mp-parts-count: no multipart upload made it)."""
+    body = b"single " * 10
+    s3.put_object(Bucket=bucket, Key="single", Body=body, ChecksumAlgorithm="CRC32")
+    one = s3.get_object(Bucket=bucket, Key="single", PartNumber=1, ChecksumMode="ENABLED")
+    assert one["Body"].read() == body and "PartsCount" not in one
+    assert (one["ChecksumCRC32"], one["ChecksumType"]) == (crc32(body), "FULL_OBJECT")
+    every = s3.get_object(Bucket=bucket, Key="single", Range=f"bytes=0-{len(body) - 1}",
+                          ChecksumMode="ENABLED")
+    assert every["Body"].read() == body and every["ChecksumCRC32"] == crc32(body)
 
 
 def test_complete_of_a_composite_upload_names_each_parts_checksum(s3: Any, bucket: str) -> None:

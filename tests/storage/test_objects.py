@@ -649,6 +649,7 @@ def test_a_store_from_before_listed_checksums_gains_them(tmp_path: Path) -> None
     store.close()
     db = sqlite3.connect(root / "objects.db")
     db.execute("ALTER TABLE objects DROP COLUMN checksum_kind")  # the schemas as they were
+    db.execute("ALTER TABLE objects DROP COLUMN part_checksums")
     db.execute("ALTER TABLE uploads DROP COLUMN checksum_type")
     db.commit()
     db.close()
@@ -658,6 +659,8 @@ def test_a_store_from_before_listed_checksums_gains_them(tmp_path: Path) -> None
             "parts": "SHA256 COMPOSITE", "plain": "", "summed": "CRC32 FULL_OBJECT"}
         up = reopened.upload(upload_id)
         assert (up.checksums_algorithm, up.checksum_type) == ("crc32", None)
+        assert reopened.head("b", "parts").part_checksums == []  # not known for old objects
+        put(reopened, "b", "new", b"abc", checksums={"crc32": "NSRBwg=="})
     finally:
         reopened.close()
 
@@ -805,6 +808,7 @@ def test_multipart_complete(store: ObjectStore, small_parts: int) -> None:
         "must include the checksum for each part. It was missing for part 7 in the request.")
     info = store.complete_upload(upload_id, listed, part_checksums={
         n: {"sha256": c} for n, c in zip([1, 3, 7], sums, strict=True)})
+    assert info.part_checksums == sums
     md5s = b"".join(hashlib.md5(b).digest() for b in bodies)
     assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
     assert info.parts == [3000, 2048, 10] and info.size == 5058

@@ -1,8 +1,9 @@
 """The checksums S3 knows (`x-amz-checksum-<name>`): computing them, and making a
 multipart object's checksum out of its parts'.
 
-Used by `sigv4.PayloadVerifier` (checking what a request says of its body) and by
-`objects` (what a `BlobWriter` computes, what a completed upload stores). The CRCs
+Used by `sigv4.PayloadVerifier` (checking what a request says of its body), by
+`objects` (what a `BlobWriter` computes, what a completed upload stores) and by the
+server's answers (`response_headers`, `xml_nodes`: how S3 states checksums). The CRCs
 come from anycrc (CRC-64/NVME, S3's default since 2025, and CRC-32C have no fast
 implementation in the standard library; anycrc does all three at several GB/s and
 combines CRCs, which a FULL_OBJECT multipart checksum needs).
@@ -22,12 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import anycrc
 
 from cloudland.storage.errors import invalid_request
+from cloudland.storage.s3xml import Node
 
 FULL_OBJECT = "FULL_OBJECT"
 COMPOSITE = "COMPOSITE"
@@ -138,3 +140,20 @@ def full_object(name: str, parts: Iterable[tuple[str, int]]) -> str:
     if value is None:
         value = model.calc(b"")
     return base64.b64encode(int(value).to_bytes(SIZES[name], "big")).decode()
+
+
+def response_headers(sums: Mapping[str, str]) -> dict[str, str]:
+    """An object's checksums as response headers, with their type (as S3 answers a PUT,
+    and a GET or HEAD with x-amz-checksum-mode: ENABLED)."""
+    headers = {f"x-amz-checksum-{a}": v for a, v in sums.items()}
+    if sums:
+        headers["x-amz-checksum-type"] = checksum_type(next(iter(sums.values())))
+    return headers
+
+
+def xml_nodes(sums: Mapping[str, str], *, with_type: bool = False) -> list[Node]:
+    """<ChecksumCRC32> and the like (and <ChecksumType>) of an object or a part."""
+    nodes: list[Node] = [(f"Checksum{a.upper()}", v) for a, v in sorted(sums.items())]
+    if with_type and sums:
+        nodes.append(("ChecksumType", checksum_type(next(iter(sums.values())))))
+    return nodes

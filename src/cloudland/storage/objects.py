@@ -102,9 +102,12 @@ class ObjectInfo:
     metadata: dict[str, str]
     headers: dict[str, str]
     checksums: dict[str, str]
-    parts: list[int]
+    parts: list[int]  # each part's size, for an object made by a multipart upload
     blob: str  # "" when the body is inline
     version_id: str = "null"
+    # A COMPOSITE checksum's parts: each part's checksum of the object's algorithm (S3
+    # answers them for GET ?partNumber and GetObjectAttributes); [] for any other object.
+    part_checksums: list[str] = field(default_factory=list)
     # The body itself when it is stored in the row (small objects): read along with a
     # single object (head, open_object), never by listings.
     inline: bytes | None = field(default=None, repr=False, compare=False)
@@ -427,6 +430,7 @@ CREATE TABLE IF NOT EXISTS objects (
     blob TEXT NOT NULL,
     data BLOB,
     checksum_kind TEXT NOT NULL DEFAULT '',
+    part_checksums TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_blob ON objects (blob);
@@ -457,7 +461,7 @@ CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
 """
 
 _OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
-                   "checksums, parts, blob")
+                   "checksums, parts, blob, part_checksums")
 _LISTED_COLUMNS = "key, size, etag, last_modified, checksum_kind"  # Listed's, in order
 _UPLOAD_COLUMNS = ("id, bucket, key, initiated, content_type, metadata, headers, "
                    "checksums_algorithm, checksum_type")
@@ -478,7 +482,7 @@ def _object(row: tuple[Any, ...]) -> ObjectInfo:
                       last_modified=row[4], content_type=row[5],
                       metadata=_loads(row[6]), headers=_loads(row[7]),
                       checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10],
-                      inline=row[11] if len(row) > 11 else None)
+                      part_checksums=_loads(row[11]), inline=row[12] if len(row) > 12 else None)
 
 
 @dataclass(eq=False)
@@ -617,6 +621,15 @@ def _require_part_checksum(upload: Upload, number: int, claimed: dict[str, str])
                           f"for part {number} in the request.")
 
 
+def _part_checksums(checksums: dict[str, str], parts: list[PartInfo]) -> list[str]:
+    """What a completed upload's object keeps of its parts' checksums: each part's, when
+    the object's checksum is COMPOSITE (made of them); none for FULL_OBJECT (as S3)."""
+    for name, value in checksums.items():
+        if sums.checksum_type(value) == sums.COMPOSITE:
+            return [p.checksums[name] for p in parts]
+    return []
+
+
 def check_key(key: str) -> str:
     """`key` if S3 accepts it: not empty, valid UTF-8, at most 1,024 bytes of it."""
     if not key:
@@ -695,6 +708,8 @@ class ObjectStore:
                               "WHERE checksums != '{}'").fetchall()
             db.executemany("UPDATE objects SET checksum_kind = ? WHERE bucket = ? AND key = ?",
                            [(listed_checksum(_loads(c)), b, k) for b, k, c in rows])
+        if "part_checksums" not in columns:  # made before objects kept their parts' checksums
+            db.execute("ALTER TABLE objects ADD COLUMN part_checksums TEXT NOT NULL DEFAULT '[]'")
         if "checksum_type" not in {r[1] for r in db.execute("PRAGMA table_info(uploads)")}:
             db.execute("ALTER TABLE uploads ADD COLUMN checksum_type TEXT")
 
@@ -802,11 +817,11 @@ class ObjectStore:
     def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
         db.execute(
             f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}, data, checksum_kind) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (info.bucket, info.key, info.size, info.etag, info.last_modified,
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
-             _dumps(info.checksums), _dumps(info.parts), info.blob, info.inline,
-             listed_checksum(info.checksums)))
+             _dumps(info.checksums), _dumps(info.parts), info.blob,
+             _dumps(info.part_checksums), info.inline, listed_checksum(info.checksums)))
 
     def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object], *,
                    inline: bool = False) -> bytes | None:
@@ -1042,8 +1057,8 @@ class ObjectStore:
             metadata=dict(src.metadata if metadata is None else metadata),
             headers=dict(src.headers if headers is None else headers),
             checksums=dict(src.checksums if checksums is None else checksums),
-            parts=list(src.parts), blob=blob,
-            inline=src.inline)
+            parts=list(src.parts), blob=blob, inline=src.inline,
+            part_checksums=list(src.part_checksums) if checksums is None else [])
         return self._replace(info, check)
 
     def _link_copy(self, src: ObjectInfo) -> str:
@@ -1270,7 +1285,7 @@ class ObjectStore:
             etag=f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}", last_modified=time.time(),
             content_type=upload.content_type, metadata=upload.metadata,
             headers=upload.headers, checksums=checksums, parts=[p.size for p in chosen],
-            blob=blob)
+            part_checksums=_part_checksums(checksums, chosen), blob=blob)
 
         def check_and_finish(current: ObjectInfo | None) -> None:
             # Same transaction as the object's row: the upload must still exist.

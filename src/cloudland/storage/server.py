@@ -574,7 +574,7 @@ class S3Server:
             checksums=verifier.checksums, check=write_check(call.headers))
         self._publish("ObjectCreated:Put", info, call)
         return web.Response(status=200, headers={"ETag": quoted(info.etag),
-                                                 **_checksum_headers(info.checksums)})
+                                                 **checksums.response_headers(info.checksums)})
 
     async def _receive(self, call: Call, limit: int, described: CIMultiDict[str],
                        checksums: tuple[str, ...] = ()) -> tuple[BlobWriter, PayloadVerifier]:
@@ -667,27 +667,16 @@ class S3Server:
         if status == 304:
             return web.Response(status=304, headers={k: v for k, v in headers.items()
                                                      if k in ("ETag", "Last-Modified")})
-        start, end, partial = 0, info.size - 1, False
-        part = call.query.get("partNumber")
-        if part is not None and "Range" in call.headers:
-            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
-                          "query parameter", 400)
-        if part is not None:
-            start, end = self._part_range(info, part)
-            partial = True
-            headers["x-amz-mp-parts-count"] = str(max(1, len(info.parts)))
-        elif "Range" in call.headers:
-            picked = parse_range(call.headers["Range"], info.size)
-            if picked is not None:
-                (start, end), partial = picked, True
+        checksum_mode = call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        picked = self._partial(call, info)
+        start, end = (0, info.size - 1) if picked is None else picked[:2]
+        if picked is not None:
+            headers.update(_partial_headers(info, *picked, checksum_mode=checksum_mode))
+        elif checksum_mode:
+            headers.update(checksums.response_headers(info.checksums))
         length = max(0, end - start + 1)
-        if partial:
-            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-            # A whole object's checksums do not describe a range of it (S3 leaves them out).
-            for name in [h for h in headers if h.startswith("x-amz-checksum-")]:
-                del headers[name]
         headers["Content-Length"] = str(length)
-        status = 206 if partial else 200
+        status = 200 if picked is None else 206
         if blob is None:  # HEAD
             response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(call.request)
@@ -756,8 +745,21 @@ class S3Server:
                 _close_all(out, source)
         return sent
 
-    def _part_range(self, info: ObjectInfo, part: str) -> tuple[int, int]:
+    def _partial(self, call: Call, info: ObjectInfo) -> tuple[int, int, int | None] | None:
+        """What part of the object a GET or HEAD asks for: (first byte, last byte, part
+        number or None for a Range), or None for the whole of it."""
+        part = call.query.get("partNumber")
+        if part is None:
+            picked = parse_range(call.headers["Range"], info.size) \
+                if "Range" in call.headers else None
+            return None if picked is None else (*picked, None)
+        if "Range" in call.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                          "query parameter", 400)
         number = _int_value(part, "partNumber", 1, MAX_PART_NUMBER)
+        return (*self._part_range(info, number), number)
+
+    def _part_range(self, info: ObjectInfo, number: int) -> tuple[int, int]:
         sizes = info.parts or [info.size]
         if number > len(sizes):
             raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable",
@@ -771,8 +773,6 @@ class S3Server:
                    "Content-Type": info.content_type, "Accept-Ranges": "bytes",
                    **{h.title(): v for h, v in info.headers.items()},
                    **{f"x-amz-meta-{k}": v for k, v in info.metadata.items()}}
-        if call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-            headers.update(_checksum_headers(info.checksums))
         for param, header in RESPONSE_OVERRIDES:
             if param not in call.query:
                 continue
@@ -858,7 +858,7 @@ class S3Server:
         self._publish("ObjectCreated:Copy", info, call)
         return _xml(document("CopyObjectResult", [
             ("LastModified", iso8601(info.last_modified)), ("ETag", quoted(info.etag)),
-            *_checksum_nodes(info.checksums, with_type=True)]))
+            *checksums.xml_nodes(info.checksums, with_type=True)]))
 
     async def _copy_checksums(self, call: Call, source: ObjectInfo) -> dict[str, str] | None:
         """The checksum x-amz-checksum-algorithm asks a copy for, computed from the bytes
@@ -974,7 +974,7 @@ class S3Server:
         part = await self._thread(self.store.put_part, upload.id, number, writer)
         return _xml(document("CopyPartResult", [
             ("LastModified", iso8601(part.last_modified)), ("ETag", quoted(part.etag)),
-            *_checksum_nodes(part.checksums)]))
+            *checksums.xml_nodes(part.checksums)]))
 
     async def _complete_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
@@ -1006,7 +1006,7 @@ class S3Server:
         return _xml(document("CompleteMultipartUploadResult", [
             ("Location", f"{self.url}/{call.bucket}/{urllib.parse.quote(call.key)}"),
             ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(info.etag)),
-            *_checksum_nodes(info.checksums, with_type=True)]))
+            *checksums.xml_nodes(info.checksums, with_type=True)]))
 
     async def _abort_upload(self, call: Call) -> web.Response:
         self._authorize(call, public=False)
@@ -1056,7 +1056,7 @@ class S3Server:
             nodes.append(("NextPartNumberMarker", parts[-1].number))
         nodes += [("Part", [("PartNumber", p.number), ("LastModified", iso8601(p.last_modified)),
                             ("ETag", quoted(p.etag)), ("Size", p.size),
-                            *_checksum_nodes(p.checksums)]) for p in parts]
+                            *checksums.xml_nodes(p.checksums)]) for p in parts]
         return _xml(document("ListPartsResult", nodes))
 
     # ---- events ----------------------------------------------------------------------
@@ -1106,21 +1106,24 @@ def _listed_checksum_xml(kind: str) -> str:
         f"<ChecksumType>{checksum_type}</ChecksumType>"
 
 
-def _checksum_headers(sums: Mapping[str, str]) -> dict[str, str]:
-    """An object's checksums as response headers, with their type (as S3 answers a PUT,
-    and a GET or HEAD with x-amz-checksum-mode: ENABLED)."""
-    headers = {f"x-amz-checksum-{a}": v for a, v in sums.items()}
-    if sums:
-        headers["x-amz-checksum-type"] = checksums.checksum_type(next(iter(sums.values())))
+def _partial_headers(info: ObjectInfo, first: int, last: int, number: int | None, *,
+                     checksum_mode: bool) -> dict[str, str]:
+    """The headers of a part (`number`) or a range of an object: its place, the part
+    count, and with `checksum_mode` what checksum describes the bytes sent, as S3 says
+    it: a COMPOSITE object's part its own, a range that is the whole object the object's,
+    any other none."""
+    headers = {"Content-Range": f"bytes {first}-{last}/{info.size}"}
+    if number is not None and info.parts:  # only an object a multipart upload made
+        headers["x-amz-mp-parts-count"] = str(len(info.parts))
+    if not checksum_mode:
+        return headers
+    if number is not None and info.part_checksums:
+        (name,) = info.checksums  # a COMPOSITE checksum is of one algorithm
+        headers[f"x-amz-checksum-{name}"] = info.part_checksums[number - 1]
+        headers["x-amz-checksum-type"] = checksums.COMPOSITE
+    elif (first, last) == (0, info.size - 1):
+        headers.update(checksums.response_headers(info.checksums))
     return headers
-
-
-def _checksum_nodes(sums: Mapping[str, str], *, with_type: bool = False) -> list[Node]:
-    """<ChecksumCRC32> and the like (and <ChecksumType>) of an object or a part."""
-    nodes: list[Node] = [(f"Checksum{a.upper()}", v) for a, v in sorted(sums.items())]
-    if with_type and sums:
-        nodes.append(("ChecksumType", checksums.checksum_type(next(iter(sums.values())))))
-    return nodes
 
 
 def _upload_checksum_nodes(upload: Upload) -> list[Node]:
