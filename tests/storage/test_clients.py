@@ -3,6 +3,7 @@ s3cmd and rclone (from apt), run as the user would run them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,12 @@ def test_the_aws_cli(s3_cloudland: Running, access_key: tuple[str, str],
     run([aws, *endpoint, "s3", "cp", "s3://cli-bucket/reports/report.csv",
          str(tmp_path / "back.csv")], env)
     assert (tmp_path / "back.csv").read_bytes() == source.read_bytes()
+    attributes = json.loads(run([
+        aws, *endpoint, "s3api", "get-object-attributes", "--bucket", "cli-bucket",
+        "--key", "reports/report.csv", "--object-attributes", "ETag", "ObjectSize",
+        "StorageClass"], env))
+    assert (attributes["ETag"], attributes["ObjectSize"], attributes["StorageClass"]) == (
+        hashlib.md5(source.read_bytes()).hexdigest(), 500_000, "STANDARD")
     run([aws, *endpoint, "s3", "rm", "--recursive", "s3://cli-bucket"], env)
     run([aws, *endpoint, "s3", "rb", "s3://cli-bucket"], env)
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar, cast
 from aiohttp import web
 from multidict import CIMultiDict
 
-from cloudland.storage import checksums, s3xml
+from cloudland.storage import attributes, checksums, s3xml
 from cloudland.storage.errors import (
     S3Error,
     invalid_argument,
@@ -77,8 +77,9 @@ RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
 REGION = re.compile(r"[a-z0-9-]{1,32}")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-# Subresources S3 has and CloudLand does not: refused, never mistaken for a plain object
-# or bucket request (PUT ?tagging must not overwrite the object with the tagging XML).
+# Subresources S3 has and CloudLand does not (but for the GETs `_route` names): refused,
+# never mistaken for a plain object or bucket request (PUT ?tagging must not overwrite the
+# object with the tagging XML).
 UNSUPPORTED_SUBRESOURCES = frozenset({
     "accelerate", "acl", "analytics", "attributes", "cors", "encryption",
     "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "logging", "metadataTable",
@@ -388,8 +389,11 @@ class S3Server:
         q, m = call.query, call.method
         unsupported = sorted(UNSUPPORTED_SUBRESOURCES.intersection(q))
         if unsupported:
-            if unsupported == ["versioning"] and m == "GET" and not call.key:
+            only = (unsupported[0], m, bool(call.key)) if len(unsupported) == 1 else None
+            if only == ("versioning", "GET", False):
                 return self._versioning
+            if only == ("attributes", "GET", True):
+                return self._object_attributes
             raise S3Error("NotImplemented", "A header or query you provided implies "
                           "functionality that is not implemented", 501,
                           Subresource=unsupported[0])
@@ -658,6 +662,18 @@ class S3Server:
             return await self._send_object(call, info, blob)
         finally:
             blob.close()
+
+    async def _object_attributes(self, call: Call) -> web.Response:
+        """GetObjectAttributes: what `attributes.document` says of the object."""
+        self._authorize(call, public=True)
+        _check_version(call.query)
+        wanted = attributes.requested(call.headers.getall(attributes.HEADER, ()))
+        max_parts = min(_int_arg(call.headers, "x-amz-max-parts", 1000, 0, None), 1000)
+        marker = _int_arg(call.headers, "x-amz-part-number-marker", 0, 0, MAX_PART_NUMBER)
+        info = await self._thread(self.store.head, call.bucket, call.key, body=False)
+        response = _xml(attributes.document(info, wanted, max_parts=max_parts, marker=marker))
+        response.headers["Last-Modified"] = http_date(info.last_modified)
+        return response
 
     async def _send_object(self, call: Call, info: ObjectInfo,
                            blob: BinaryIO | None) -> web.StreamResponse:
