@@ -100,3 +100,13 @@ def test_bad_requests_get_s3s_errors(s3: Any, bucket: str) -> None:
         "NoSuchBucket", 404)
     assert fails(call, Bucket=bucket, Key="there", ObjectAttributes=["ETag"],
                  VersionId="3HL4kqtJlcpXroDTDmJ") == ("InvalidArgument", 400)
+    for header, value in (("x-amz-max-parts", "many"), ("x-amz-part-number-marker", "-1")):
+        def garble(request: Any, header: str = header, value: str = value, **_: Any) -> None:
+            request.headers[header] = value  # what boto3 would not send
+
+        s3.meta.events.register("before-sign.s3.GetObjectAttributes", garble)
+        try:
+            assert fails(call, Bucket=bucket, Key="there", ObjectAttributes=["ObjectParts"]) == (
+                "InvalidArgument", 400)
+        finally:
+            s3.meta.events.unregister("before-sign.s3.GetObjectAttributes", garble)

@@ -1227,7 +1227,8 @@ class ObjectStore:
         it like `commit`; the upload and all its parts are then gone.
 
         `part_checksums` are what the request says each part's checksums are (InvalidPart
-        unless they match what the part was stored with); `expected` the object's own
+        unless they match what the part was stored with; a COMPOSITE upload's must name
+        every part's, `_require_part_checksum`); `expected` the object's own
         checksum, as the request says it (BadDigest unless the checksum made of the
         parts' matches); `expected_type` its type (InvalidRequest unless the upload's)."""
         if not parts:
