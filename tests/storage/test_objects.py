@@ -1036,3 +1036,43 @@ def test_copy_without_hard_links_copies_the_bytes(store: ObjectStore,
     with pytest.raises(S3Error) as e:
         store.copy(src, "b", "again")
     assert code(e) == ("NoSuchKey", 404)
+
+
+def test_cors_rules_are_kept_with_the_bucket_across_a_reopen(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cloudland.storage.cors import Rule
+
+    root = tmp_path / "old"
+    store = ObjectStore(root)
+    store.create_bucket("plain")
+    store.create_bucket("web")
+    store.close()
+    db = sqlite3.connect(root / "objects.db")
+    db.execute("ALTER TABLE buckets DROP COLUMN cors")  # the schema before CORS
+    db.commit()
+    db.close()
+    rules = (Rule(origins=("https://app.example",), methods=("GET", "PUT"), headers=("*",),
+                  expose=("ETag",), max_age=600, id="app"),
+             Rule(origins=("*",), methods=("GET",)))
+    store = ObjectStore(root)  # gains the column; no bucket has a configuration yet
+    try:
+        assert store.bucket("web").cors is None
+        store.set_cors("web", rules)
+        assert store.bucket("web").cors == rules
+        with pytest.raises(S3Error) as e:
+            store.set_cors("missing", rules)
+        assert code(e) == ("NoSuchBucket", 404)
+    finally:
+        store.close()
+    reopened = ObjectStore(root)
+    try:
+        assert reopened.bucket("web").cors == rules and reopened.bucket("plain").cors is None
+        reopened.set_cors("web", None)
+    finally:
+        reopened.close()
+    again = ObjectStore(root)
+    try:
+        assert again.bucket("web").cors is None
+    finally:
+        again.close()

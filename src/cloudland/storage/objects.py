@@ -58,6 +58,8 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 
 from cloudland.storage import checksums as sums
+from cloudland.storage import cors
+from cloudland.storage.cors import Rule as CorsRule
 from cloudland.storage.errors import (
     S3Error,
     invalid_argument,
@@ -89,6 +91,7 @@ class BucketInfo:
     created: float
     region: str
     public_read: bool
+    cors: tuple[CorsRule, ...] | None = None  # its CORS rules; None: no configuration
 
 
 @dataclass(frozen=True)
@@ -414,7 +417,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
     created REAL NOT NULL,
     region TEXT NOT NULL,
-    public_read INTEGER NOT NULL DEFAULT 0
+    public_read INTEGER NOT NULL DEFAULT 0,
+    cors TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL,
@@ -504,7 +508,8 @@ class _Write:
 
 
 def _bucket(row: tuple[Any, ...]) -> BucketInfo:
-    return BucketInfo(name=row[0], created=row[1], region=row[2], public_read=bool(row[3]))
+    return BucketInfo(name=row[0], created=row[1], region=row[2], public_read=bool(row[3]),
+                      cors=cors.loads(row[4]))
 
 
 def _upload(row: tuple[Any, ...]) -> Upload:
@@ -690,7 +695,7 @@ class ObjectStore:
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
         self._buckets = {row[0]: _bucket(row) for row in self._db.execute(
-            "SELECT name, created, region, public_read FROM buckets")}
+            "SELECT name, created, region, public_read, cors FROM buckets")}
         self._recover()
         self._reaper = _Reaper()
 
@@ -712,6 +717,8 @@ class ObjectStore:
             db.execute("ALTER TABLE objects ADD COLUMN part_checksums TEXT NOT NULL DEFAULT '[]'")
         if "checksum_type" not in {r[1] for r in db.execute("PRAGMA table_info(uploads)")}:
             db.execute("ALTER TABLE uploads ADD COLUMN checksum_type TEXT")
+        if "cors" not in {r[1] for r in db.execute("PRAGMA table_info(buckets)")}:
+            db.execute("ALTER TABLE buckets ADD COLUMN cors TEXT")  # made before CORS
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
@@ -919,7 +926,7 @@ class ObjectStore:
                     raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create "
                                   "the named bucket succeeded and you already own it.", 409,
                                   BucketName=name)
-                db.execute("INSERT INTO buckets VALUES (?, ?, ?, 0)",
+                db.execute("INSERT INTO buckets (name, created, region) VALUES (?, ?, ?)",
                            (name, info.created, region))
             self._buckets = {**self._buckets, name: info}
         return info
@@ -954,13 +961,20 @@ class ObjectStore:
         return chosen[:max_buckets], len(chosen) > max_buckets
 
     def set_public_read(self, name: str, public: bool) -> None:
+        self._set_bucket(name, "public_read", int(public), public_read=public)
+
+    def set_cors(self, name: str, rules: tuple[CorsRule, ...] | None) -> None:
+        """Replace the bucket's CORS rules (None: remove its configuration)."""
+        self._set_bucket(name, "cors", cors.dumps(rules), cors=rules)
+
+    def _set_bucket(self, name: str, column: str, value: object, **changed: Any) -> None:
         with self._lock:
             with self._tx() as db:
-                if db.execute("UPDATE buckets SET public_read = ? WHERE name = ?",
-                              (int(public), name)).rowcount == 0:
+                if db.execute(f"UPDATE buckets SET {column} = ? WHERE name = ?",
+                              (value, name)).rowcount == 0:
                     raise no_such_bucket(name)
             self._buckets = {**self._buckets,
-                             name: dataclasses.replace(self._buckets[name], public_read=public)}
+                             name: dataclasses.replace(self._buckets[name], **changed)}
 
     # -- objects ----------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar, cast
 from aiohttp import web
 from multidict import CIMultiDict
 
-from cloudland.storage import attributes, checksums, s3xml
+from cloudland.storage import attributes, checksums, cors, s3xml
 from cloudland.storage.errors import (
     S3Error,
     invalid_argument,
@@ -352,6 +352,8 @@ class S3Server:
                                         "Please try again.", 500), request_id))
         response.headers["x-amz-request-id"] = request_id
         response.headers.setdefault("Server", "CloudLand")
+        if "Origin" in request.headers and not response.prepared:  # errors too: a browser
+            response.headers.update(self._cors_headers(request))  # may then read them
         return response
 
     def _call(self, request: web.BaseRequest, request_id: str) -> Call:
@@ -359,8 +361,9 @@ class S3Server:
         raw_query = request.rel_url.raw_query_string
         query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
         bucket, key, virtual = self._locate(request, raw_path)
-        verified = verify(request.method, raw_path, raw_query, request.headers,
-                          self.credentials, virtual_bucket=bucket if virtual else None)
+        verified = None if request.method == "OPTIONS" else verify(  # preflights are never
+            request.method, raw_path, raw_query, request.headers,  # signed
+            self.credentials, virtual_bucket=bucket if virtual else None)
         return Call(request, bucket, key, query, verified, request_id)
 
     def _locate(self, request: web.BaseRequest, raw_path: str) -> tuple[str, str, bool]:
@@ -374,6 +377,8 @@ class S3Server:
         return bucket, key, False
 
     async def _dispatch(self, call: Call) -> web.StreamResponse:
+        if call.method == "OPTIONS":
+            return self._preflight(call)
         if not call.bucket:
             if call.method != "GET":
                 raise S3Error("MethodNotAllowed", "The specified method is not allowed "
@@ -387,6 +392,8 @@ class S3Server:
 
     def _route(self, call: Call) -> Handler:
         q, m = call.query, call.method
+        if "cors" in q and not call.key and m in ("GET", "PUT", "DELETE"):
+            return self._bucket_cors
         unsupported = sorted(UNSUPPORTED_SUBRESOURCES.intersection(q))
         if unsupported:
             only = (unsupported[0], m, bool(call.key)) if len(unsupported) == 1 else None
@@ -499,6 +506,45 @@ class S3Server:
         self._authorize(call, public=False)
         self.store.bucket(call.bucket)
         return _xml(document("VersioningConfiguration", []))
+
+    # ---- CORS ------------------------------------------------------------------------
+
+    async def _bucket_cors(self, call: Call) -> web.Response:
+        """PutBucketCors, GetBucketCors and DeleteBucketCors."""
+        self._authorize(call, public=False)
+        rules = self.store.bucket(call.bucket).cors
+        if call.method == "GET":
+            if rules is None:
+                raise cors.no_configuration(call.bucket)
+            return _xml(cors.document(rules))
+        if call.method == "PUT":
+            await self._thread(self.store.set_cors, call.bucket,
+                               cors.parse(await _small_body(call)))
+            return web.Response(status=200)
+        await self._thread(self.store.set_cors, call.bucket, None)
+        return web.Response(status=204)
+
+    def _preflight(self, call: Call) -> web.Response:
+        """A browser's OPTIONS before a cross-origin request: answered from the bucket's
+        rules, before and without any signature check."""
+        try:
+            rules, exists = self.store.bucket(call.bucket).cors, True
+        except S3Error:
+            rules, exists = None, False
+        return web.Response(status=200, headers=cors.preflight(
+            rules, bucket_exists=exists, has_key=bool(call.key), headers=call.headers))
+
+    def _cors_headers(self, request: web.BaseRequest) -> dict[str, str]:
+        """The CORS headers for a request carrying an Origin (none when no rule allows it;
+        a preflight's answer has its own)."""
+        if request.method == "OPTIONS":
+            return {}
+        bucket, _, _ = self._locate(request, request.rel_url.raw_path)
+        try:
+            rules = self.store.bucket(bucket).cors
+        except S3Error:
+            return {}
+        return cors.actual(rules, request.method, request.headers)
 
     # ---- listing ---------------------------------------------------------------------
 
@@ -800,6 +846,8 @@ class S3Server:
                 raise invalid_argument(f"{param} must not contain line breaks", param)
             headers[header] = value
         headers["X-Content-Type-Options"] = "nosniff"
+        if "Origin" in call.headers:  # a response prepared here is past `handle`'s reach
+            headers.update(self._cors_headers(call.request))
         # Also set by `handle`, but too late for a response already prepared (a HEAD's,
         # a streamed body's): its headers have left by then.
         headers["x-amz-request-id"] = call.request_id
