@@ -10,7 +10,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Running
+from tests.conftest import Running, wait_for
 
 APP = "https://app.example"
 NOT_ALLOWED = ("CORSResponse: This CORS request is not allowed. This is usually because the "
@@ -326,3 +326,106 @@ def test_requests_no_rule_allows_get_no_cors_headers(s3: Any, endpoint: str, web
     assert response.status_code == 200 and not cors_headers(response)
     response = httpx.get(f"{endpoint}/no-such-bucket/k", headers={"Origin": APP})
     assert response.status_code == 403 and not cors_headers(response)
+
+
+# ---- the Bucket kind's spec.cors ---------------------------------------------------------
+
+SPA = """\
+apiVersion: cloudland/v1
+kind: Bucket
+metadata: {{name: {name}}}
+spec:
+  access: {access}
+{cors}
+"""
+
+
+def apply(running: Running, tmp_path: Any, name: str, cors: str = "",
+          access: str = "private") -> Any:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPA.format(name=name, access=access, cors=cors))
+    return running.cli("apply", "-f", str(path))
+
+
+def rules_of(s3: Any, bucket: str) -> list[dict[str, Any]] | None:
+    try:
+        return list(s3.get_bucket_cors(Bucket=bucket)["CORSRules"])
+    except ClientError as err:
+        if err.response["Error"]["Code"] in ("NoSuchCORSConfiguration", "NoSuchBucket"):
+            return None
+        raise
+
+
+def test_a_bucket_manifest_declares_cors_and_wins_over_s3_when_it_does(
+        s3_cloudland: Running, s3: Any, endpoint: str, tmp_path: Any) -> None:
+    declared = """\
+  cors:
+    - id: app
+      allowedOrigins: ["https://app.example"]
+      allowedMethods: [GET, PUT]
+      allowedHeaders: ["*"]
+      exposeHeaders: [ETag]
+      maxAgeSeconds: {age}
+"""
+    result = apply(s3_cloudland, tmp_path, "spa", declared.format(age=300))
+    assert result.exit_code == 0, result.output
+    expected = {"ID": "app", "AllowedOrigins": [APP], "AllowedMethods": ["GET", "PUT"],
+                "AllowedHeaders": ["*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 300}
+    wait_for(lambda: rules_of(s3, "spa") == [expected], message="the manifest's CORS rules")
+    pre = options(f"{endpoint}/spa/a.txt", Origin=APP, **{"Access-Control-Request-Method": "PUT"})
+    assert pre.status_code == 200 and pre.headers["access-control-max-age"] == "300"
+    # An S3 client replaces them; the manifest, declaring cors, wins at the next reconcile.
+    s3.put_bucket_cors(Bucket="spa", CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["*"], "AllowedMethods": ["DELETE"]}]})
+    result = apply(s3_cloudland, tmp_path, "spa", declared.format(age=60))
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: rules_of(s3, "spa") == [{**expected, "MaxAgeSeconds": 60}],
+             message="the manifest's rules back")
+    result = apply(s3_cloudland, tmp_path, "spa", "  cors: []")  # declared empty: none
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: rules_of(s3, "spa") is None, message="the configuration removed")
+
+
+def test_a_bucket_manifest_without_cors_leaves_s3s_configuration(
+        s3_cloudland: Running, s3: Any, tmp_path: Any) -> None:
+    result = apply(s3_cloudland, tmp_path, "s3-owned")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: "s3-owned" in {b["Name"] for b in s3.list_buckets()["Buckets"]},
+             message="the bucket")
+    rules = [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]
+    s3.put_bucket_cors(Bucket="s3-owned", CORSConfiguration={"CORSRules": rules})
+    result = apply(s3_cloudland, tmp_path, "s3-owned", access="public-read")  # a reconcile
+
+    def public() -> bool:
+        return bool(httpx.get(f"{s3_cloudland.state['s3']}/s3-owned").status_code == 200)
+
+    wait_for(public, message="the change reconciled")
+    assert rules_of(s3, "s3-owned") == rules
+
+
+@pytest.mark.parametrize(("rule", "field", "says"), [
+    ("{allowedOrigins: ['*'], allowedMethods: [PATCH]}", "spec.cors[0].allowedMethods[0]",
+     "'GET', 'PUT', 'POST', 'DELETE' or 'HEAD'"),
+    ("{allowedOrigins: ['https://*.*.example'], allowedMethods: [GET]}",
+     "spec.cors[0].allowedOrigins", "S3 allows one '*'"),
+    ("{allowedOrigins: ['*'], allowedMethods: [GET], exposeHeaders: ['x-*']}",
+     "spec.cors[0].exposeHeaders", "no wildcard"),
+    ("{allowedOrigins: [], allowedMethods: [GET]}", "spec.cors[0].allowedOrigins",
+     "at least 1 item"),
+    ("{allowedOrigins: ['*'], allowedMethods: [GET], maxAgeSeconds: -5}",
+     "spec.cors[0].maxAgeSeconds", "greater than or equal to 0"),
+    ("{allowedOrigin: ['*'], allowedMethods: [GET]}", "spec.cors[0].allowedOrigin",
+     "did you mean 'allowedOrigins'"),
+])
+def test_a_bad_cors_rule_in_a_manifest_is_refused_with_its_field(
+        s3_cloudland: Running, tmp_path: Any, rule: str, field: str, says: str) -> None:
+    result = apply(s3_cloudland, tmp_path, "refused", f"  cors:\n    - {rule}")
+    assert result.exit_code != 0
+    assert field in result.output and says in result.output, result.output
+    assert rules_of_bucket_resource(s3_cloudland) is None
+
+
+def rules_of_bucket_resource(running: Running) -> Any:
+    with running.http() as http:
+        r = http.get("/apis/cloudland/v1/namespaces/default/buckets/refused")
+    return None if r.status_code == 404 else r.json()

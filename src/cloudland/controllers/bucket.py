@@ -2,10 +2,12 @@
 
 The Bucket's name is the S3 bucket's name. The controller creates it (an existing
 bucket, made earlier through S3, is adopted), keeps `access: public-read` in step,
-and on deletion follows `deletionPolicy`: `retain` (the default) leaves the bucket
-and its objects; `delete` removes every object and the bucket. Notifications are
-read by the S3 server's event delivery directly from the Bucket; Brokers they name
-are checked here.
+and, when the Bucket declares `cors` at all, the bucket's CORS rules too (so a
+PutBucketCors through S3 lasts until the next reconcile; without `cors` in the spec,
+S3 clients own the configuration), and on deletion follows `deletionPolicy`:
+`retain` (the default) leaves the bucket and its objects; `delete` removes every
+object and the bucket. Notifications are read by the S3 server's event delivery
+directly from the Bucket; Brokers they name are checked here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 from cloudland.controllers.accepting import AcceptingReconciler, Object, Readiness, Ref, broker_ref
 from cloudland.controllers.base import Key, Result
 from cloudland.controllers.context import Context
+from cloudland.storage.cors import Rule
 from cloudland.storage.errors import S3Error
 from cloudland.storage.objects import ObjectStore
 
@@ -62,6 +65,10 @@ class BucketReconciler(AcceptingReconciler):
                 self._create(name)
             if self.objects.bucket(name).public_read != public:
                 self.objects.set_public_read(name, public)
+            if "cors" in obj["spec"]:
+                rules = cors_rules(obj["spec"]["cors"])
+                if self.objects.bucket(name).cors != rules:
+                    self.objects.set_cors(name, rules)
         except S3Error as err:
             return ("False", err.code, f"bucket {name}: {err.message}"), None
         status["bucket"] = name
@@ -85,6 +92,14 @@ class BucketReconciler(AcceptingReconciler):
         except S3Error as err:  # made through S3 a moment ago: adopt it
             if err.code != "BucketAlreadyOwnedByYou":
                 raise
+
+
+def cors_rules(spec: list[Object]) -> tuple[Rule, ...] | None:
+    """A Bucket's `spec.cors` as the object store keeps rules (none: no configuration)."""
+    return tuple(Rule(origins=tuple(r["allowedOrigins"]), methods=tuple(r["allowedMethods"]),
+                      headers=tuple(r.get("allowedHeaders", ())),
+                      expose=tuple(r.get("exposeHeaders", ())), max_age=r.get("maxAgeSeconds"),
+                      id=r.get("id")) for r in spec) or None
 
 
 def empty_and_delete(objects: ObjectStore, bucket: str) -> None:

@@ -291,11 +291,44 @@ class Notification(Strict):
     sink: Sink
 
 
+class BucketCorsRule(Strict):
+    """One of S3's CORSRules, with S3's limits (storage/cors.py checks the same ones on a
+    PutBucketCors)."""
+
+    id: str | None = Field(None, max_length=255)
+    allowedOrigins: list[str] = Field(min_length=1)  # exact, "*", or with one "*" inside
+    allowedMethods: list[Literal["GET", "PUT", "POST", "DELETE", "HEAD"]] = Field(min_length=1)
+    allowedHeaders: list[str] = Field(default_factory=list)  # case ignored; one "*" each
+    exposeHeaders: list[str] = Field(default_factory=list)
+    maxAgeSeconds: int | None = Field(None, ge=0)
+
+    @field_validator("allowedOrigins", "allowedHeaders")
+    @classmethod
+    def _one_wildcard(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value.count("*") > 1:
+                raise ValueError(f"'{value}' has {value.count('*')} wildcards; S3 allows one "
+                                 "'*' in each (like https://*.example.com or x-amz-*)")
+        return values
+
+    @field_validator("exposeHeaders")
+    @classmethod
+    def _no_wildcard(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if "*" in value:
+                raise ValueError(f"'{value}': S3 takes no wildcard in exposeHeaders; name each "
+                                 "header (ETag, x-amz-request-id, ...)")
+        return values
+
+
 class BucketSpec(Strict):
     access: Literal["private", "public-read"] = "private"
     versioning: bool = False
     deletionPolicy: Literal["retain", "delete"] = "retain"
     notifications: list[Notification] = Field(default_factory=list)
+    # Left out: the bucket's CORS configuration is whatever S3 clients set. Given (even
+    # []): the controller makes the bucket's rules these, replacing a PutBucketCors.
+    cors: list[BucketCorsRule] | None = Field(None, max_length=100)
 
 
 # ---- Broker and Trigger --------------------------------------------------------
