@@ -2,7 +2,9 @@
 
 Run after `cloudland apply -f examples/storage`; it creates an access key with the
 CLI, listens for the Bucket's notification on 127.0.0.1:8099 (SINK_PORT to change
-it), uploads images/cat.jpg with boto3, and prints the event when it arrives.
+it), uploads images/cat.jpg with boto3, and prints the event when it arrives. Then
+it uploads the way a web page on http://localhost:5173 would with fetch() and a
+presigned URL: the CORS preflight first, then the PUT carrying its Origin.
 """
 
 import json
@@ -10,12 +12,14 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 from botocore.config import Config
 
 received = threading.Event()
+ORIGIN = "http://localhost:5173"  # the web app the Bucket's cors rule allows
 
 
 class Sink(BaseHTTPRequestHandler):
@@ -54,6 +58,23 @@ def main():
     if not received.wait(10):
         sys.exit("no CloudEvent within 10 s")
     sink.shutdown()
+    browser_upload(s3)
+
+
+def browser_upload(s3):
+    """What a page's fetch(url, {method: "PUT", body}) does with a presigned URL."""
+    url = s3.generate_presigned_url("put_object", ExpiresIn=300, Params={
+        "Bucket": "uploads", "Key": "browser/hello.txt", "ContentType": "text/plain"})
+    preflight = urllib.request.Request(url, method="OPTIONS", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type"})
+    with urllib.request.urlopen(preflight) as answer:
+        allowed = answer.headers["Access-Control-Allow-Origin"]
+    put = urllib.request.Request(url, method="PUT", data=b"hello from a web page",
+                                 headers={"Origin": ORIGIN, "Content-Type": "text/plain"})
+    with urllib.request.urlopen(put) as answer:
+        print(f"a page on {allowed} uploaded browser/hello.txt (HTTP {answer.status}); "
+              f"it may read {answer.headers['Access-Control-Expose-Headers']}")
 
 
 if __name__ == "__main__":

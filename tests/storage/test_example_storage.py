@@ -1,5 +1,6 @@
-"""examples/storage as docs/storage.md shows it: a Bucket with a notification, and a
-script that uploads with boto3 and prints the CloudEvent that arrives."""
+"""examples/storage as docs/storage.md shows it: a Bucket with a notification and a CORS
+rule, and a script that uploads with boto3, prints the CloudEvent that arrives, then
+uploads as a web page on another origin would."""
 
 from __future__ import annotations
 
@@ -38,3 +39,6 @@ def test_the_storage_example_uploads_and_gets_its_cloudevent(cloudland: Running)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "uploaded s3://uploads/images/cat.jpg" in result.stdout
     assert "CloudEvent com.amazonaws.s3.ObjectCreated:Put about images/cat.jpg" in result.stdout
+    # The Bucket's cors rule lets a page on the example's origin upload with a presigned URL.
+    assert ("a page on http://localhost:5173 uploaded browser/hello.txt (HTTP 200); "
+            "it may read ETag") in result.stdout
