@@ -184,3 +184,17 @@ spec: {command: ["sh", "-c", "exit 4"], backoffLimit: 0}
     gave_up = cloudland.cli("apply", "-f", str(job), "--wait", "--timeout", "600")
     assert gave_up.exit_code == 1, gave_up.output
     assert "job/once failed: BackoffLimitExceeded" in gave_up.stderr
+
+    # A running Job is not done: --wait returns once it has completed.
+    slow = write(tmp_path / "slow", "slow.yaml", """\
+apiVersion: cloudland/v1
+kind: Job
+metadata: {name: slow}
+spec: {command: ["sh", "-c", "sleep 1"]}
+""")
+    done = cloudland.cli("apply", "-f", str(slow), "--wait", "--timeout", "600")
+    assert done.exit_code == 0, done.output
+    with Client(cloudland.api) as c:
+        conditions = c.get("Job", "default", "slow")["status"]["conditions"]
+        assert any(cond["type"] == "Complete" and cond["status"] == "True"
+                   for cond in conditions), conditions

@@ -47,7 +47,8 @@ def apply(
     stack: StackOption = None,
     namespace: NamespaceOption = None,
     wait: Annotated[bool, typer.Option(
-        "--wait", help="Wait until every object is ready (exit 1 if one is not).")] = False,
+        "--wait", help="Wait until every object is ready and every Job complete "
+        "(exit 1 if one is not).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to --wait.")] = 120.0,
     output: Annotated[Format | None, typer.Option("--output", "-o", help="json or yaml")] = None,
     home: HomeOption = None,
@@ -250,8 +251,8 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
 def _not_ready(obj: dict[str, Any]) -> tuple[bool, str] | None:
     """None when `obj` is ready: data (ConfigMaps, Secrets) at once, other kinds once
     their controller has acted on this generation and Ready is not False (kinds still
-    to be built say Unknown). Otherwise (failed for good?, why): a Failed condition
-    (a Job out of retries) is for good."""
+    to be built say Unknown); a Job once it is complete. Otherwise (failed for good?,
+    why): a Failed condition (a Job out of retries) is for good."""
     info = kind_info(obj["kind"])
     if info is None or "spec" not in info.spec_fields:
         return None
@@ -262,6 +263,9 @@ def _not_ready(obj: dict[str, Any]) -> tuple[bool, str] | None:
     failed, ready, degraded = (conditions.get(t) or {} for t in ("Failed", "Ready", "Degraded"))
     if failed.get("status") == "True":
         return True, _because(failed)
+    if obj["kind"] == "Job":  # done only once complete (helm's --wait-for-jobs), not running
+        complete = (conditions.get("Complete") or {}).get("status") == "True"
+        return None if complete else (False, _because(ready) if ready else "not started")
     if ready.get("status") != "False":
         return None
     # Degraded says why an instance keeps failing (CrashLoopBackOff: command not found).
