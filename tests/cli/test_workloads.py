@@ -204,6 +204,58 @@ def test_logs_follow_streams_appended_lines_and_restarts(server: Server) -> None
             proc.wait()
 
 
+def a_job(server: Server, name: str = "migrate") -> list[Object]:
+    """A Job with two attempts (the first failed), as its controller would report them."""
+    server.api.create({"apiVersion": "cloudland/v1", "kind": "Job", "metadata": {"name": name},
+                       "spec": {"command": ["migrate"]}})
+    first = {**server.instance(f"{name}-0", 0), "phase": "Failed"}
+    second = server.instance(f"{name}-1", 1)
+    write_log(Path(first["logDir"]), "stderr", "no database yet")
+    write_log(Path(second["logDir"]), "stdout", "migrated 3 tables")
+    return [first, second]
+
+
+def test_logs_of_a_job_show_its_attempts(server: Server) -> None:
+    server.api.update_status("Job", "default", "migrate", {"attempts": a_job(server)})
+    want = ["[migrate-0 stderr] no database yet", "[migrate-1] migrated 3 tables"]
+    for ref in ("job/migrate", "jobs/migrate", "migrate"):  # bare: no Service has the name
+        result = server.cli("logs", ref)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines() == want, ref
+    assert server.cli("logs", "job/migrate", "-i", "1").stdout.splitlines() == want[1:]
+    wrong = server.cli("logs", "svc/migrate")
+    assert wrong.exit_code == 1 and "not found" in wrong.stderr
+    kind = server.cli("logs", "cm/migrate")
+    assert kind.exit_code == 1
+    assert "does not name a Service or a Job; use NAME, svc/NAME, job/NAME" in kind.stderr
+    server.create("migrate")  # now a bare name means the Service
+    assert "No log lines from service/migrate" in server.cli("logs", "migrate").stderr
+
+
+def test_logs_follow_a_job_until_it_finishes(server: Server) -> None:
+    attempts = a_job(server)
+    server.api.update_status("Job", "default", "migrate", {"attempts": attempts})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudland", "logs", "job/migrate", "-f", "--home",
+         str(server.home.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = Lines(proc)
+        seen.wait_for("[migrate-1] migrated 3 tables")
+        write_log(Path(attempts[1]["logDir"]), "stdout", "done")
+        server.api.update_status("Job", "default", "migrate", {
+            "attempts": attempts, "conditions": [
+                {"type": "Complete", "status": "True", "reason": "Completed"}]})
+        assert proc.wait(10) == 0  # ends by itself: a finished Job writes no more
+        seen.wait_for("[migrate-1] done")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Asked after the end, -f prints what there is and returns at once.
+    done = server.cli("logs", "job/migrate", "-f")
+    assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "[migrate-1] done"
+
+
 class Lines:
     """A process's stdout lines, read by a thread so a test can wait with a timeout."""
 
@@ -406,3 +458,15 @@ def test_logs_and_top_of_a_real_service(cloudland: Running) -> None:
         pids = [row.split()[1] for row in top.stdout.strip().splitlines()[1:]]
         assert len(pids) == 2 and all(p.isdigit() for p in pids)
         assert cloudland.cli("rollout", "status", "echo", "--timeout", "20").exit_code == 0
+
+
+def test_logs_follow_a_real_job_to_its_end(cloudland: Running) -> None:
+    """The Job controller's attempts, their log files and `-f` ending with the Job."""
+    with Client(cloudland.api) as api:
+        api.create({"apiVersion": "cloudland/v1", "kind": "Job", "metadata": {"name": "count"},
+                    "spec": {"command": ["sh", "-c", "echo one; sleep 1; echo two >&2"]}})
+    follow = subprocess.run(
+        [sys.executable, "-m", "cloudland", "logs", "job/count", "-f"], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "CLOUDLAND_HOME": str(cloudland.home)})
+    assert follow.returncode == 0, follow.stderr
+    assert follow.stdout.splitlines() == ["[count-0] one", "[count-0 stderr] two"]

@@ -1,18 +1,20 @@
 """Workload sub-resources: an instance's logs (`/log`) and its resource usage (`/top`).
 
-    GET /apis/cloudland/v1/namespaces/{ns}/services/{name}/log
+    GET /apis/cloudland/v1/namespaces/{ns}/{services|jobs}/{name}/log
         ?instance=N&follow=true&since=SECONDS&tail=N&previous=true&stream=stdout|stderr|all
-    GET /apis/cloudland/v1/namespaces/{ns}/services/{name}/top
+    GET /apis/cloudland/v1/namespaces/{ns}/{services|jobs}/{name}/top
 
 Logs are read through `runtime.logs` (the drivers' on-disk format), found
-through the Service's status: each instance's `logDir` is its current run, and
-the run before it is the sibling directory numbered one lower (`previous`).
+through the workload's status (a Service's `instances`, a Job's `attempts`):
+each instance's `logDir` is its current run, and the run before it is the
+sibling directory numbered one lower (`previous`).
 The answer is NDJSON, one record per line: `{"instance", "index", "stream",
 "line", "time"}`, each instance's lines oldest first, stdout and stderr merged
 by time.  `time` is when the line reached the disk, known to within one tick of
 the drivers' log index (about a second), and `since` filters by it.  `follow`
 then streams new lines of every picked instance until the client goes away,
-picking up new instances and restarts as the Service's status shows them.
+picking up new instances and restarts as the status shows them; a Job's
+stream ends once the Job has finished and its last lines are read.
 
 Usage comes from an injected `UsageProvider`; `proc_usage` is one that reads
 /proc for the pids in status.  `daemon/` wires both (see `workload_routes`).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,13 @@ from cloudland.errors import BadRequest, Forbidden, NotFound, Unavailable
 from cloudland.runtime import logs, procfs
 
 PREFIX = "/apis/cloudland/v1"
-WORKLOADS = {"services": "Service"}  # plural -> kind of what has instances with logs
+# plural -> kind of what has instances with logs, and the status field listing them
+WORKLOADS = {"services": "Service", "jobs": "Job"}
+INSTANCES = {"Service": "instances", "Job": "attempts"}
 STREAMS = logs.STREAMS
 BATCH = 1000  # lines per chunk written to the client
 QUEUE_LIMIT = 10_000  # followed lines waiting for a slow client
-RESYNC = 1.0  # seconds between looks at the Service (new instances, restarts)
+RESYNC = 1.0  # seconds between looks at the workload (new instances, restarts, the end)
 
 # (kind, namespace, name) -> one dict per instance:
 # {id, index, pid, cpuSeconds, cpuPercent, memoryBytes}
@@ -67,6 +71,19 @@ def _records(run: Run, lines: list[logs.LogLine]) -> bytes:
 
 
 # ---- choosing instances ----------------------------------------------------------
+
+
+def instances_of(obj: Object) -> list[Object]:
+    """The instance entries in a workload's status (a Job calls them attempts)."""
+    listed = (obj.get("status") or {}).get(INSTANCES.get(obj.get("kind", ""), "instances"))
+    return [i for i in listed or [] if isinstance(i, dict)]
+
+
+def finished(obj: Object) -> bool:
+    """Whether a workload has run to its end (a Job Complete or Failed): no new lines come."""
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or []
+               if isinstance(c, dict))
 
 
 @dataclass(frozen=True)
@@ -115,8 +132,7 @@ def pick_runs(obj: Object, query: LogQuery, log_root: Path | None, *,
     """The runs whose logs `query` asks for; `strict` turns "nothing there" into errors."""
     meta = obj["metadata"]
     what = f"{obj['kind'].lower()}/{meta['name']}"
-    instances = [i for i in (obj.get("status") or {}).get("instances") or []
-                 if isinstance(i, dict) and i.get("logDir")]
+    instances = [i for i in instances_of(obj) if i.get("logDir")]
     if query.instance is not None:
         # An index is unique among live instances; one being replaced may share it.
         same = sorted((i for i in instances if i.get("index") == query.instance),
@@ -154,12 +170,19 @@ def log_stream(service: ResourceService, kind: str, namespace: str, name: str,
                ) -> AsyncGenerator[bytes, None]:
     """Each run's backlog, then (with `follow`) new lines until the client goes away.
 
-    Every RESYNC seconds the Service is read again: new instances and restarts
+    Every RESYNC seconds the workload is read again: new instances and restarts
     are followed from their first line, runs that ended are let go one RESYNC
-    later (so their last lines are read)."""
+    later (so their last lines are read), and so is the whole stream of a
+    workload that has finished."""
+    ending = False
+
     def current() -> list[Run] | None:
+        nonlocal ending
         obj = service.find(kind, namespace, name)
-        return None if obj is None else pick_runs(obj, query, log_root, strict=False)
+        if obj is None or ending:
+            return None
+        ending = finished(obj)
+        return pick_runs(obj, query, log_root, strict=False)
 
     return _stream(runs, query, current)
 
@@ -251,7 +274,7 @@ def proc_usage(service: ResourceService) -> UsageProvider:
         groups: dict[int, list[procfs.ProcStat]] | None = None
         now = time.monotonic()
         items = []
-        for inst in (obj.get("status") or {}).get("instances") or []:
+        for inst in instances_of(obj):
             item: dict[str, Any] = {"id": inst.get("id"), "index": inst.get("index"),
                                     "pid": None, "cpuSeconds": None, "cpuPercent": None,
                                     "memoryBytes": None}
@@ -321,7 +344,10 @@ def workload_routes(service: ResourceService, usage: UsageProvider | None, *,
         async def log(request: Request) -> Response:
             ns, name = request.path_params["namespace"], request.path_params["name"]
             query = LogQuery.parse(request)
-            runs = pick_runs(service.get(kind, ns, name), query, log_root)
+            obj = service.get(kind, ns, name)
+            if finished(obj):  # nothing more will come: send what there is and end
+                query = replace(query, follow=False)
+            runs = pick_runs(obj, query, log_root)
             stream = log_stream(service, kind, ns, name, query, log_root, runs)
             return StreamingResponse(stream, media_type="application/x-ndjson")
 

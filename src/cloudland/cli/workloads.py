@@ -1,6 +1,7 @@
-"""`logs`, `top`, `scale` and `rollout status|history|undo`: working with running Services.
+"""`logs`, `top`, `scale` and `rollout status|history|undo`: working with running Services
+(and reading a Job's logs).
 
-Through `cloudland.client` only.  Logs and usage are the Service's `/log` and
+Through `cloudland.client` only.  Logs and usage are the workload's `/log` and
 `/top` sub-resources (served by `api/workloads.py`); `scale` and `rollout undo`
 write the Service itself; `rollout status` watches it.  Errors are raised as
 `CloudLandError` and printed by the app's group.
@@ -29,7 +30,7 @@ from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import age, console, dump, table
 from cloudland.client import Client
 from cloudland.errors import BadRequest, CloudLandError, NotFound, Unavailable
-from cloudland.model.kinds import kind_info
+from cloudland.model.kinds import KINDS, kind_info
 from cloudland.model.meta import DEFAULT_NAMESPACE, check_duration, parse_duration
 
 Object = dict[str, Any]
@@ -53,21 +54,31 @@ def register(app: typer.Typer) -> None:
 
 # ---- naming ----------------------------------------------------------------------
 
+# How each workload kind is named on the command line besides a bare NAME.
+FORMS = {"Service": "svc/NAME", "Job": "job/NAME"}
+
+
+def workload_ref(ref: str, kinds: tuple[str, ...] = ("Service",)) -> tuple[str | None, str]:
+    """'web' -> (None, 'web'); 'svc/web' -> ('Service', 'web'); 'job/x' -> ('Job', 'x')
+    when Job is one of `kinds`."""
+    kind, sep, name = ref.partition("/")
+    if not sep:
+        return None, ref
+    info = kind_info(kind)
+    if info is None or info.kind not in kinds or not name or "/" in name:
+        forms = ", ".join(["NAME", *(FORMS[k] for k in kinds)])
+        raise BadRequest(f"'{ref}' does not name a {' or a '.join(kinds)}; use {forms}",
+                         field=kinds[0].upper() if len(kinds) == 1 else "WORKLOAD")
+    return info.kind, name
+
 
 def service_name(ref: str) -> str:
     """'web', 'svc/web' or 'service/web' -> 'web'."""
-    kind, sep, name = ref.partition("/")
-    if not sep:
-        return ref
-    info = kind_info(kind)
-    if info is None or info.kind != "Service" or not name or "/" in name:
-        raise BadRequest(f"'{ref}' does not name a Service; use NAME, svc/NAME or service/NAME",
-                         field="SERVICE")
-    return name
+    return workload_ref(ref)[1]
 
 
-def _sub(namespace: str, name: str, what: str) -> str:
-    return f"{PREFIX}/namespaces/{namespace}/services/{name}/{what}"
+def _sub(namespace: str, name: str, what: str, kind: str = "Service") -> str:
+    return f"{PREFIX}/namespaces/{namespace}/{KINDS[kind].plural}/{name}/{what}"
 
 
 ServiceArg = Annotated[str, typer.Argument(
@@ -84,11 +95,15 @@ class Stream(StrEnum):
 
 
 def logs(
-    service: ServiceArg,
-    follow: Annotated[bool, typer.Option("--follow", "-f",
-                                         help="Keep printing new lines (Ctrl-C stops).")] = False,
+    workload: Annotated[str, typer.Argument(
+        help="svc/NAME or job/NAME; a bare NAME is the Service, or the Job when no "
+             "Service has that name.", show_default=False)],
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new lines (until Ctrl-C, or the Job's end).")]
+    = False,
     instance: Annotated[int | None, typer.Option(
-        "--instance", "-i", min=0, help="Only the instance with this index (0, 1, ...).",
+        "--instance", "-i", min=0,
+        help="Only the instance with this index (0, 1, ...; a Job's attempt number).",
         show_default=False)] = None,
     since: Annotated[str | None, typer.Option(
         "--since", help="Only lines written in this window, e.g. 5m or 1h.",
@@ -107,17 +122,20 @@ def logs(
     namespace: NamespaceOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Print the logs of a Service's instances, each line prefixed with its instance."""
-    name = service_name(service)
+    """Print the logs of a Service's or a Job's instances, each line prefixed with its
+    instance; -f follows until Ctrl-C, or until the Job has finished."""
+    kind, name = workload_ref(workload, tuple(FORMS))
     wanted = {"stream": stream.value, "follow": follow, "previous": previous,
               "instance": instance, "tail": tail,
               "since": None if since is None else seconds(since, "--since")}
     params = {k: str(v).lower() if isinstance(v, bool) else str(v)
               for k, v in wanted.items() if v is not None and v is not False}
     label, printed = _Labels(prefix), 0
+    ns = namespace or DEFAULT_NAMESPACE
     with client_for(home) as client:
+        kind = kind or _bare_kind(client, ns, name)
         try:
-            for record in stream_logs(client, namespace or DEFAULT_NAMESPACE, name, params):
+            for record in stream_records(client, _sub(ns, name, "log", kind), params):
                 when = _stamp(record.get("time")) if timestamps else ""
                 sys.stdout.write(label(record) + when + str(record.get("line", "")) + "\n")
                 printed += 1
@@ -125,7 +143,7 @@ def logs(
                     sys.stdout.flush()
             sys.stdout.flush()
             if not printed:
-                say(f"No log lines from service/{name} yet.", stderr=True)
+                say(f"No log lines from {kind.lower()}/{name} yet.", stderr=True)
         except KeyboardInterrupt:
             return
         except BrokenPipeError:  # the reader (e.g. `head`) is gone: stop quietly
@@ -139,10 +157,17 @@ def _stamp(when: Any) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z "
 
 
-def stream_logs(client: Client, namespace: str, name: str,
-                params: dict[str, str]) -> Iterator[Object]:
-    """The NDJSON records of a Service's `/log`, as they arrive."""
-    return stream_records(client, _sub(namespace, name, "log"), params)
+def _bare_kind(client: Client, namespace: str, name: str) -> str:
+    """A bare NAME is a Service, or the Job of that name when no Service has it."""
+    try:
+        client.get("Service", namespace, name)
+    except NotFound as missing:
+        try:
+            client.get("Job", namespace, name)
+        except NotFound:
+            raise missing from None
+        return "Job"
+    return "Service"
 
 
 def stream_records(client: Client, path: str, params: dict[str, str]) -> Iterator[Object]:
