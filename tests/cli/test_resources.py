@@ -19,7 +19,7 @@ import yaml
 from cloudland.cli.columns import lookup, show
 from cloudland.client import Client
 from cloudland.model.kinds import KINDS
-from tests.conftest import Running, run_cli
+from tests.conftest import Running, run_cli, wait_for
 
 Object = dict[str, Any]
 
@@ -137,6 +137,28 @@ def test_get_without_a_running_cloudland_says_how_to_start_it(tmp_path: Path) ->
     assert "Traceback" not in result.output
 
 
+def test_get_services_and_jobs_read_like_kubectl(cloudland: Running, api: Client) -> None:
+    """READY is ready/desired as for a Deployment; Jobs have STATUS, COMPLETIONS, DURATION."""
+    api.create({"apiVersion": "cloudland/v1", "kind": "Service", "metadata": {"name": "web"},
+                "spec": {"replicas": 2, "command": ["sleep", "60"],
+                         "terminationGracePeriodSeconds": 1}})
+    api.create({"apiVersion": "cloudland/v1", "kind": "Job", "metadata": {"name": "once"},
+                "spec": {"command": ["true"]}})
+
+    def rows(kind: str, want: list[str]) -> list[list[str]] | None:
+        listed = _lines(cloudland.cli("get", kind).stdout)
+        return listed if listed[1][:len(want)] == want else None
+
+    services = wait_for(lambda: rows("svc", ["web", "2/2"]), timeout=20,
+                        message="both instances ready")
+    assert services[0] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert services[1][2:4] == ["2", "2"]
+    jobs = wait_for(lambda: rows("jobs", ["once", "Completed", "1/1"]), timeout=20,
+                    message="the Job to complete")
+    assert jobs[0] == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+    assert jobs[1][3].endswith("s")
+
+
 def test_column_paths() -> None:
     obj = {"data": {"a": "1"}, "status": {"conditions": [
         {"type": "Ready", "status": "False"}, {"type": "Synced", "status": "True"}]},
@@ -151,6 +173,12 @@ def test_column_paths() -> None:
     assert show(lookup(obj, "spec.on")) == "true"
     assert show(lookup(obj, "spec.missing")) == "<none>"
     assert show(obj["involvedObject"]) == "service/web"
+    assert lookup(obj, "status.conditions[Ready].status") == "False"
+    assert lookup({"status": {"ready": 2}, "spec": {"n": 3}}, "status.ready/spec.n") == "2/3"
+    assert lookup({"spec": {"n": 3}}, "status.ready/spec.n") == "0/3"
+    times = {"s": "2026-01-01T00:00:00Z", "e": "2026-01-01T00:03:30Z"}
+    assert lookup(times, "s..e") == "3m"
+    assert lookup({}, "s..e") is None
 
 
 # ---- get -w ----------------------------------------------------------------------

@@ -2,8 +2,10 @@
 summaries, ages, and rows streamed one by one under a fixed header for `-w`.
 
 Column paths come from `KindInfo.columns`: a dotted path into the object,
-`conditions[Ready]` for the status of one condition, and a trailing `#` for
-"how many keys".  Used by `cli.resources` and `cli.describe`.
+`conditions[Ready]` for the status of one condition (`conditions[Ready].reason`
+for a field of it), a trailing `#` for "how many keys", `a/b` for two counts
+as kubectl's `2/3`, and `a..b` for the time from one timestamp to another (or
+to now).  Used by `cli.resources` and `cli.describe`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from cloudland.cli.output import age, console, err_console
+from cloudland.cli.output import age, console, duration, err_console
 from cloudland.model.kinds import KindInfo
 
 Object = dict[str, Any]
@@ -32,29 +34,49 @@ def say(text: str, *, stderr: bool = False) -> None:
                                                soft_wrap=True)
 
 
-def condition_summary(conditions: Any, type_: str) -> str:
-    """'Ready', 'NotReady' or 'Unknown' for the condition `type_`, '-' if absent."""
+def find_condition(conditions: Any, type_: str) -> Object | None:
+    """The condition of type `type_` in a status' conditions, if there is one."""
     for cond in conditions if isinstance(conditions, list) else []:
         if isinstance(cond, dict) and cond.get("type") == type_:
-            status = cond.get("status")
-            if status == "True":
-                return type_
-            return f"Not{type_}" if status == "False" else "Unknown"
-    return "-"
+            return cond
+    return None
+
+
+def condition_summary(conditions: Any, type_: str) -> str:
+    """'Ready', 'NotReady' or 'Unknown' for the condition `type_`, '-' if absent."""
+    cond = find_condition(conditions, type_)
+    if cond is None:
+        return "-"
+    status = cond.get("status")
+    if status == "True":
+        return type_
+    return f"Not{type_}" if status == "False" else "Unknown"
 
 
 def lookup(obj: Object, path: str) -> Any:
     """The value at a column path (see the module docstring)."""
+    if "/" in path:
+        return "/".join(str(_count(lookup(obj, p))) for p in path.split("/"))
+    if ".." in path:
+        start, end = path.split("..")
+        return duration(lookup(obj, start), lookup(obj, end)) or None
     count = path.endswith("#")
     value: Any = obj
-    for part in path.rstrip("#").split("."):
+    parts = path.rstrip("#").split(".")
+    for at, part in enumerate(parts):
         key, _, condition = part.partition("[")
         value = value.get(key) if isinstance(value, dict) else None
-        if condition:
+        if condition and at == len(parts) - 1:
             return condition_summary(value, condition.rstrip("]"))
+        if condition:
+            value = find_condition(value, condition.rstrip("]"))
     if count:
         return len(value) if isinstance(value, dict | list) else 0
     return value
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def show(value: Any) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -72,18 +74,34 @@ def fail(err: CloudLandError | str, *, code: int = 1, where: str | None = None) 
     raise SystemExit(code)
 
 
+def moment(timestamp: str | None) -> float | None:
+    """'2026-01-01T00:00:00Z' -> seconds since the epoch; None if absent or malformed."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def span(seconds: float) -> str:
+    """A length of time as kubectl prints ages: '45s', '5m', '3h', '2d'."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size * (2 if unit != "m" else 1):
+            return f"{whole // size}{unit}"
+    return f"{max(whole, 0)}s"
+
+
 def age(timestamp: str | None) -> str:
     """'2026-01-01T00:00:00Z' -> '5m' like kubectl."""
-    if not timestamp:
-        return ""
-    from datetime import UTC, datetime
+    then = moment(timestamp)
+    return "" if then is None else span(time.time() - then)
 
-    try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
+
+def duration(start: str | None, end: str | None) -> str:
+    """From `start` to `end` (or now, while it runs) like kubectl's DURATION; '' unstarted."""
+    began, ended = moment(start), moment(end)
+    if began is None:
         return ""
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "m" else 1):
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
+    return span((time.time() if ended is None else ended) - began)

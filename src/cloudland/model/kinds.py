@@ -523,7 +523,7 @@ class Event(Object):
 @dataclass(frozen=True)
 class Column:
     header: str
-    path: str  # dotted path into the object; "" for special columns
+    path: str  # dotted path into the object, or a/b, a..b (see cli/columns.py)
     wide: bool = False
 
 
@@ -550,7 +550,9 @@ KINDS: dict[str, KindInfo] = {
     for info in (
         KindInfo(
             "Service", "services", Service, ("svc",),
-            columns=(Column("REPLICAS", "spec.replicas"), _READY,
+            columns=(Column("READY", "status.readyReplicas/spec.replicas"),
+                     Column("UP-TO-DATE", "status.updatedReplicas"),
+                     Column("AVAILABLE", "status.availableReplicas"),
                      Column("RUNTIME", "spec.runtime", wide=True)),
         ),
         KindInfo(
@@ -576,7 +578,9 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Policy", "policies", Policy, ("pol",),
                  columns=(Column("KINDS", "spec.matchKinds"), _READY)),
         KindInfo("Job", "jobs", Job, (),
-                 columns=(Column("COMPLETIONS", "spec.completions"), _READY)),
+                 columns=(Column("STATUS", "status.conditions[Ready].reason"),
+                          Column("COMPLETIONS", "status.succeeded/spec.completions"),
+                          Column("DURATION", "status.startTime..status.completionTime"))),
         KindInfo("CronJob", "cronjobs", CronJob, ("cj",),
                  columns=(Column("SCHEDULE", "spec.schedule"),
                           Column("SUSPEND", "spec.suspend"), _READY)),
