@@ -290,6 +290,41 @@ def test_describe_shows_metadata_data_conditions_and_no_events(
     assert "Events:  <none>" in out
 
 
+def test_describe_service_and_job_read_their_status(cloudland: Running, api: Client) -> None:
+    """Replica counts, addresses and an instances table, not the raw status YAML."""
+    api.create({"apiVersion": "cloudland/v1", "kind": "Service", "metadata": {"name": "web"},
+                "spec": {"replicas": 2, "command": ["sleep", "60"],
+                         "terminationGracePeriodSeconds": 1}})
+    api.create({"apiVersion": "cloudland/v1", "kind": "Job", "metadata": {"name": "fails"},
+                "spec": {"command": ["sh", "-c", "exit 3"], "backoffLimit": 0}})
+
+    def described(ref: list[str], line: str) -> list[str] | None:
+        result = cloudland.cli("describe", *ref)
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        return lines if line in [" ".join(x.split()) for x in lines] else None
+
+    svc = wait_for(lambda: described(["svc", "web"], "Replicas: 2 desired | 2 updated | "
+                                      "2 total | 2 ready"), timeout=20, message="2 ready")
+    text = "\n".join(svc)
+    assert "Mesh Address:      web.default.svc.cloudland.local -> 127.0.0.1:" in text
+    assert "Revision:          1 (template " in text
+    assert "Status:" not in text and "handle" not in text  # no raw status dump
+    table = svc[svc.index("Instances:") + 1:svc.index("Events:")]
+    assert table[0].split() == ["INSTANCE", "PHASE", "READY", "RESTARTS", "PID", "ADDRESS",
+                                "REVISION", "AGE", "LAST", "EXIT"]
+    assert [row.split()[1:4] for row in table[1:]] == [["Running", "true", "0"]] * 2
+    assert svc.index("Conditions:") < svc.index("Instances:") < svc.index("Events:")
+
+    job = wait_for(lambda: described(["job", "fails"], "Completions: 0/1"), timeout=20,
+                   message="the Job to fail")
+    statuses = "Attempt Statuses: 0 running / 0 succeeded / 1 failed"
+    assert any(" ".join(x.split()).startswith(statuses) for x in job)
+    attempts = job[job.index("Attempts:") + 1:job.index("Events:")]
+    assert attempts[1].split()[:2] == ["fails-0", "Failed"]
+    assert attempts[1].endswith("Error (exit 3)")
+
+
 def test_describe_of_a_missing_object_fails(cloudland: Running) -> None:
     result = cloudland.cli("describe", "cm", "ghost")
     assert result.exit_code == 1

@@ -2,8 +2,10 @@
 
 Metadata as aligned `Key: value` lines, intent (spec, or a ConfigMap's data)
 as an indented YAML block, status conditions and the object's events as
-tables.  Secret values are never printed, only their sizes.  Fetching is the
-caller's job (`cli.resources.describe`); this module only prints.
+tables.  A Service's or Job's status reads as lines and an instances table
+(`cli.workload_status`); what no view shows stays a YAML block.  Secret
+values are never printed, only their sizes.  Fetching is the caller's job
+(`cli.resources.describe`); this module only prints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 
 from cloudland.cli.columns import NONE, event_age, say, styled
 from cloudland.cli.output import age, table
+from cloudland.cli.workload_status import status_view
 from cloudland.model.kinds import KindInfo
 
 Object = dict[str, Any]
@@ -25,6 +28,10 @@ Object = dict[str, Any]
 def render(info: KindInfo, obj: Object, events: Sequence[Object]) -> None:
     meta = obj["metadata"]
     created = meta.get("creationTimestamp")
+    status = dict(obj.get("status") or {})
+    conditions = status.pop("conditions", [])
+    observed = status.pop("observedGeneration", None)
+    generation = str(meta.get("generation", ""))
     fields: list[tuple[str, str]] = [
         ("Name", meta["name"]),
         ("Namespace", meta.get("namespace", "")),
@@ -33,7 +40,7 @@ def render(info: KindInfo, obj: Object, events: Sequence[Object]) -> None:
         ("Annotations", _pairs(meta.get("annotations"))),
         ("UID", str(meta.get("uid", ""))),
         ("Resource Version", str(meta.get("resourceVersion", ""))),
-        ("Generation", str(meta.get("generation", ""))),
+        ("Generation", generation + (f" (observed: {observed})" if observed else "")),
         ("Created", f"{created} ({age(created)} ago)" if created else NONE),
     ]
     if meta.get("finalizers"):
@@ -52,17 +59,18 @@ def render(info: KindInfo, obj: Object, events: Sequence[Object]) -> None:
             blocks.append((title, value))
         else:
             fields.append((title, _scalar(value)))
-    _key_values(fields)
+    view = status_view(obj, status)
+    _key_values([*fields, *(view.fields if view else ())])
     for title, value in blocks:
         _block(title, value)
-    status = dict(obj.get("status") or {})
-    conditions = status.pop("conditions", [])
     if status:
         _block("Status", status)
     _section("Conditions", [
         (c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
          age(c.get("lastTransitionTime"))) for c in conditions],
         ("TYPE", "STATUS", "REASON", "MESSAGE", "AGE"))
+    if view:
+        _section(view.table_title, view.rows(), view.headers)
     _section("Events", [
         (e.get("type", ""), e.get("reason", ""), event_age(e), str(e.get("count", 1)),
          e.get("message", "")) for e in events],
