@@ -44,3 +44,10 @@ def test_failed_attempt_waits_for_its_backoff(run: Run, api: ResourceService, ru
             await driver.close()
 
     run(body())
+
+
+def test_the_verdict_counts_failed_attempts_in_words() -> None:
+    assert JobReconciler._verdict({"backoffLimit": 0}, {"failed": 1}, 0.0) == (
+        "BackoffLimitExceeded", "1 attempt failed (backoffLimit 0)")
+    assert JobReconciler._verdict({"backoffLimit": 1}, {"failed": 2}, 0.0) == (
+        "BackoffLimitExceeded", "2 attempts failed (backoffLimit 1)")

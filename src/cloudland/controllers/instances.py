@@ -220,7 +220,8 @@ class Supervision:
                 ok = await probes.check(live_probe, inst.port, env)
                 live_fails = 0 if ok else live_fails + 1
                 if live_fails >= int(live_probe.get("failureThreshold", 3)):
-                    inst.message = f"liveness probe failed {live_fails} times; restarting"
+                    times = "once" if live_fails == 1 else f"{live_fails} times"
+                    inst.message = f"liveness probe failed {times}; restarting"
                     inst.ready = False
                     self.notify()
                     assert inst.handle is not None

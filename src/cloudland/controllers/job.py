@@ -144,7 +144,8 @@ class JobReconciler:
             return "Completed", f"{completions}/{completions} completions succeeded"
         failed, limit = int(status.get("failed", 0)), int(spec.get("backoffLimit", 6))
         if failed > limit:
-            return "BackoffLimitExceeded", f"{failed} attempts failed (backoffLimit {limit})"
+            attempts = "attempt" if failed == 1 else "attempts"
+            return "BackoffLimitExceeded", f"{failed} {attempts} failed (backoffLimit {limit})"
         deadline = spec.get("activeDeadlineSeconds")
         started = _parse_time(status.get("startTime"))
         if deadline and started is not None and now - started >= float(deadline):
