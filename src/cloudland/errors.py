@@ -81,6 +81,12 @@ class NotFound(CloudLandError):
     status = 404
     reason = "NotFound"
 
+    @classmethod
+    def object(cls, kind: str, namespace: str, name: str, *,
+               hint: str | None = None) -> NotFound:
+        """'service "web" not found in namespace "default"', as kubectl words it."""
+        return cls(f'{kind.lower()} "{name}" not found in namespace "{namespace}"', hint=hint)
+
 
 class AlreadyExists(CloudLandError):
     status = 409

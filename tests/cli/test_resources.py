@@ -117,7 +117,9 @@ def test_get_of_nothing_says_so_on_stderr(cloudland: Running) -> None:
 def test_get_of_a_missing_name_fails(cloudland: Running) -> None:
     result = cloudland.cli("get", "svc", "nope")
     assert result.exit_code == 1
-    assert "Service default/nope not found" in result.stderr
+    assert 'service "nope" not found in namespace "default"' in result.stderr
+    assert "metadata.name" not in result.stderr  # the name came from the command line
+    assert "hint: list what exists with: cloudland get service -n default" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -328,7 +330,7 @@ def test_describe_service_and_job_read_their_status(cloudland: Running, api: Cli
 def test_describe_of_a_missing_object_fails(cloudland: Running) -> None:
     result = cloudland.cli("describe", "cm", "ghost")
     assert result.exit_code == 1
-    assert "ConfigMap default/ghost not found" in result.stderr
+    assert 'configmap "ghost" not found in namespace "default"' in result.stderr
 
 
 def _record_event(api: Client, about: Object, name: str, type_: str, reason: str,
@@ -420,7 +422,7 @@ def test_delete_of_a_missing_name_fails_unless_ignored(cloudland: Running, api: 
     result = cloudland.cli("delete", "cm", "ghost", "real")
     assert result.exit_code == 1
     assert 'configmap "real" deleted' in result.stdout  # the others still go
-    assert "ConfigMap default/ghost not found" in result.stderr
+    assert 'configmap "ghost" not found in namespace "default"' in result.stderr
 
     quiet = cloudland.cli("delete", "cm", "ghost", "--ignore-not-found")
     assert quiet.exit_code == 0

@@ -156,7 +156,8 @@ def test_logs_of_an_unknown_instance_list_the_real_ones(server: Server) -> None:
     assert "service/web has no instance 7" in result.stderr
     assert "its instances are: 0, 1" in result.stderr
     missing = server.cli("logs", "nope")
-    assert missing.exit_code == 1 and "Service default/nope not found" in missing.stderr
+    assert missing.exit_code == 1
+    assert 'service "nope" not found in namespace "default"' in missing.stderr
     assert server.cli("logs", "cm/web").exit_code == 1
 
 

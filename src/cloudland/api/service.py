@@ -70,8 +70,8 @@ class ResourceService:
     def get(self, kind: str, namespace: str, name: str) -> Object:
         obj = self.store.get(kind, namespace, name)
         if obj is None:
-            raise NotFound(f"{kind} {namespace}/{name} not found", field="metadata.name",
-                           hint=f"list what exists with: cloudland get {kind.lower()}")
+            raise NotFound.object(kind, namespace, name, hint="list what exists with: "
+                                  f"cloudland get {kind.lower()} -n {namespace}")
         return obj
 
     def find(self, kind: str, namespace: str, name: str) -> Object | None:

@@ -208,7 +208,7 @@ class Store:
         with self.transaction():
             current = self.get(*key)
             if current is None:
-                raise NotFound(f"{key[0]} {key[1]}/{key[2]} not found", field="metadata.name")
+                raise NotFound.object(*key)
             self._check_version(current, meta.get("resourceVersion"))
             if status:
                 new = {**current, "status": obj.get("status") or {}}
@@ -226,7 +226,7 @@ class Store:
         with self.transaction():
             current = self.get(kind, namespace, name)
             if current is None:
-                raise NotFound(f"{kind} {namespace}/{name} not found", field="metadata.name")
+                raise NotFound.object(kind, namespace, name)
             self._check_version(current, rv)
             meta = current["metadata"]
             if meta.get("finalizers"):
