@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+import yaml
 
 from cloudland.api.app import create_app
 from cloudland.api.service import ResourceService
@@ -303,6 +304,15 @@ def test_top_shows_cpu_and_memory_of_each_instance(server: Server) -> None:
         every = server.cli("top")
         assert [r.split()[:2] for r in every.stdout.strip().splitlines()] == [
             ["SERVICE", "INSTANCE"], ["web", "web-ddddd-1"], ["web", "web-ddddd-2"]]
+
+        as_json = server.cli("top", "-o", "json")
+        assert as_json.exit_code == 0, as_json.output
+        items = as_json.json()["items"]
+        assert [(i["namespace"], i["service"], i["id"], i["pid"]) for i in items] == [
+            ("default", "web", "web-ddddd-1", sleeper.pid), ("default", "web", "web-ddddd-2", None)]
+        assert items[0]["memoryBytes"] > 0 and items[0]["cpuPercent"] >= 0
+        idle = yaml.safe_load(server.cli("top", "idle", "-o", "yaml").stdout)
+        assert idle == {"items": []}  # an empty list for scripts, not a message
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -361,6 +371,13 @@ def test_rollout_history_and_undo(server: Server) -> None:
     assert rows[2][:2] == ["*", "2"] and rows[2][-2:] == ["command,", "env.MODE"]
     shown = server.cli("rollout", "history", "web", "--revision", "1")
     assert "- v1" in shown.stdout
+    as_json = server.cli("rollout", "history", "web", "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    assert as_json.json() == {"current": 2, "items": history}
+    as_yaml = yaml.safe_load(server.cli("rollout", "history", "web", "-o", "yaml").stdout)
+    assert [e["revision"] for e in as_yaml["items"]] == [1, 2]
+    one = server.cli("rollout", "history", "web", "--revision", "2", "-o", "json")
+    assert one.json()["command"] == ["app", "v2"]
 
     undone = server.cli("rollout", "undo", "svc/web")
     assert undone.exit_code == 0, undone.output

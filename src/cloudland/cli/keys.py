@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from cloudland.cli.columns import say
-from cloudland.cli.options import HomeOption, client_for
+from cloudland.cli.options import HomeOption, OutputOption, client_for
 from cloudland.cli.output import Format, age, console, dump, table
 from cloudland.errors import NotFound
 from cloudland.model.accesskeys import (
@@ -32,7 +32,6 @@ ALPHABET = string.ascii_uppercase + string.digits
 
 keys_app = typer.Typer(help="Access keys for the S3 API (AWS Signature V4).",
                        no_args_is_help=True)
-OutputOption = Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml.")]
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudland.cli.options import HomeOption
+from cloudland.cli.options import HomeOption, OutputOption
 from cloudland.cli.output import Format, console, dump, err_console, fail, table
 from cloudland.errors import CloudLandError, Unavailable
 from cloudland.home import Home
@@ -143,8 +143,7 @@ def down(home: HomeOption = None) -> None:
 
 def status(
     home: HomeOption = None,
-    output: Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml")] = (
-        Format.table),
+    output: OutputOption = Format.table,
 ) -> None:
     """Show where CloudLand runs and the health of each part."""
     where = Home.resolve(home)

@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 
 from cloudland.cli.columns import say
-from cloudland.cli.options import HomeOption, NamespaceOption, client_for
+from cloudland.cli.options import HomeOption, NamespaceOption, OutputOption, client_for
 from cloudland.cli.output import Format, console, dump, table
 from cloudland.cli.workloads import seconds, stream_records
 from cloudland.model.kinds import internal_host
@@ -28,8 +28,6 @@ PREFIX = "/apis/cloudland/v1"
 
 mesh_app = typer.Typer(help="The service mesh: Envoy, mesh addresses, mTLS.",
                        no_args_is_help=True)
-OutputOption = Annotated[Format, typer.Option("--output", "-o",
-                                              help="table, json or yaml.")]
 AllNamespaces = Annotated[bool, typer.Option("--all-namespaces", "-A",
                                              help="Across all namespaces.")]
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cloudland.cli.output import Format
 from cloudland.client import Client
 from cloudland.home import Home
 
@@ -18,6 +19,8 @@ NamespaceOption = Annotated[
     str | None,
     typer.Option("--namespace", "-n", help="Namespace (default: 'default')."),
 ]
+
+OutputOption = Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml.")]
 
 
 def client_for(home: str | None) -> Client:

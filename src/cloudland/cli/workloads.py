@@ -26,8 +26,8 @@ import typer
 from rich.text import Text
 
 from cloudland.cli.columns import say
-from cloudland.cli.options import HomeOption, NamespaceOption, client_for
-from cloudland.cli.output import age, console, dump, table
+from cloudland.cli.options import HomeOption, NamespaceOption, OutputOption, client_for
+from cloudland.cli.output import Format, age, console, dump, table
 from cloudland.client import Client
 from cloudland.errors import BadRequest, CloudLandError, NotFound, Unavailable
 from cloudland.model.kinds import KINDS, kind_info
@@ -229,6 +229,7 @@ def top(
     namespace: NamespaceOption = None,
     all_namespaces: Annotated[bool, typer.Option(
         "--all-namespaces", "-A", help="Across all namespaces.")] = False,
+    output: OutputOption = Format.table,
     home: HomeOption = None,
 ) -> None:
     """Show CPU and memory of each instance of one Service or of every Service."""
@@ -241,25 +242,35 @@ def top(
         else:
             targets = [(o["metadata"]["namespace"], o["metadata"]["name"])
                        for o in client.list("Service", ns)["items"]]
-        rows = []
-        for svc_ns, name in targets:
-            try:
-                items = client.request("GET", _sub(svc_ns, name, "top"))["items"]
-            except NotFound:
-                if service:
-                    raise
-                continue  # deleted since it was listed
-            lead = [svc_ns] * (ns is None) + [name] * (not service)
-            rows += [[*lead, str(i.get("id")), _or_dash(i.get("pid")),
-                      _or_dash(i.get("cpuPercent"), "{:.1f}%"), human_bytes(i.get("memoryBytes"))]
-                     for i in items]
-    if not rows:
+        items = _usage(client, targets, one=bool(service))
+    if output in (Format.json, Format.yaml):
+        dump({"items": items}, output)
+        return
+    if not items:
         where = f"service/{service_name(service)}" if service else (
             f"namespace {ns}" if ns else "any namespace")
         say(f"No instances running in {where}.", stderr=True)
         return
-    headers = ["NAMESPACE"] * (ns is None) + ["SERVICE"] * (not service)
-    table([*headers, "INSTANCE", "PID", "CPU%", "MEMORY"], rows)
+    lead = ["namespace"] * (ns is None) + ["service"] * (not service)
+    rows = [[*(i[k] for k in lead), str(i.get("id")), _or_dash(i.get("pid")),
+             _or_dash(i.get("cpuPercent"), "{:.1f}%"), human_bytes(i.get("memoryBytes"))]
+            for i in items]
+    table([*(k.upper() for k in lead), "INSTANCE", "PID", "CPU%", "MEMORY"], rows)
+
+
+def _usage(client: Client, targets: list[tuple[str, str]], *, one: bool) -> list[Object]:
+    """Each target Service's `/top` items, with its namespace and name; a Service
+    deleted since it was listed is skipped unless it is the `one` asked for."""
+    items = []
+    for namespace, name in targets:
+        try:
+            found = client.request("GET", _sub(namespace, name, "top"))["items"]
+        except NotFound:
+            if one:
+                raise
+            continue
+        items += [{"namespace": namespace, "service": name, **i} for i in found]
+    return items
 
 
 def _or_dash(value: Any, fmt: str = "{}") -> str:
@@ -425,6 +436,7 @@ def rollout_history(
     service: ServiceArg,
     revision: Annotated[int | None, typer.Option(
         "--revision", help="Print the template of this revision.", show_default=False)] = None,
+    output: OutputOption = Format.table,
     namespace: NamespaceOption = None,
     home: HomeOption = None,
 ) -> None:
@@ -433,8 +445,13 @@ def rollout_history(
     with client_for(home) as client:
         obj = client.get("Service", namespace or DEFAULT_NAMESPACE, name)
     entries, current = _history(obj)
+    structured = output in (Format.json, Format.yaml)
     if revision is not None:
-        dump(_revision(entries, revision, name, "--revision")["template"], "yaml")
+        dump(_revision(entries, revision, name, "--revision")["template"],
+             output if structured else "yaml")
+        return
+    if structured:
+        dump({"current": current, "items": entries}, output)
         return
     if not entries:
         say(f"No rollout history for service/{name} yet.", stderr=True)
