@@ -185,11 +185,8 @@ def test_logs_follow_streams_appended_lines_and_restarts(server: Server) -> None
     log_dir = server.logs_dir("web-ccccc-1", 0)
     write_log(log_dir, "stdout", "before")
     server.set_status(instances=[server.instance("web-ccccc-1", 0)])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudland", "logs", "web", "-f", "--home",
-         str(server.home.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        seen = Lines(proc)
+    with following(server, "web") as seen:
+        proc = seen.proc
         seen.wait_for("[web-ccccc-1] before")
         write_log(log_dir, "stdout", "appended")
         seen.wait_for("[web-ccccc-1] appended")
@@ -200,6 +197,16 @@ def test_logs_follow_streams_appended_lines_and_restarts(server: Server) -> None
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(10) == 0
         assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+@contextmanager
+def following(server: Server, ref: str) -> Iterator[Lines]:
+    """`cloudland logs REF -f` as a process, its lines read as they come; killed after."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudland", "logs", ref, "-f", "--home",
+         str(server.home.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield Lines(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -237,22 +244,14 @@ def test_logs_of_a_job_show_its_attempts(server: Server) -> None:
 def test_logs_follow_a_job_until_it_finishes(server: Server) -> None:
     attempts = a_job(server)
     server.api.update_status("Job", "default", "migrate", {"attempts": attempts})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudland", "logs", "job/migrate", "-f", "--home",
-         str(server.home.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        seen = Lines(proc)
+    with following(server, "job/migrate") as seen:
         seen.wait_for("[migrate-1] migrated 3 tables")
         write_log(Path(attempts[1]["logDir"]), "stdout", "done")
         server.api.update_status("Job", "default", "migrate", {
             "attempts": attempts, "conditions": [
                 {"type": "Complete", "status": "True", "reason": "Completed"}]})
-        assert proc.wait(10) == 0  # ends by itself: a finished Job writes no more
+        assert seen.proc.wait(10) == 0  # ends by itself: a finished Job writes no more
         seen.wait_for("[migrate-1] done")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     # Asked after the end, -f prints what there is and returns at once.
     done = server.cli("logs", "job/migrate", "-f")
     assert done.exit_code == 0 and done.stdout.splitlines()[-1] == "[migrate-1] done"
