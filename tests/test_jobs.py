@@ -40,6 +40,16 @@ def test_completions_parallelism_and_failures(cloudland: Running) -> None:
         wait_for(lambda: verdict(client, "slow"), timeout=30, message="deadline")
         assert verdict(client, "slow") == ("Failed", "DeadlineExceeded")
         assert client.get("Job", "default", "slow")["status"]["active"] == 0
+        # Each verdict is one event, told once.
+        uids = {client.get("Job", "default", name)["metadata"]["uid"]
+                for name in ("ok", "bad", "slow")}
+        told = {(e["involvedObject"]["name"], e["type"], e["reason"], e["count"])
+                for e in client.list("Event", "default")["items"]
+                if e["involvedObject"].get("uid") in uids
+                and e["reason"] in ("Completed", "BackoffLimitExceeded", "DeadlineExceeded")}
+        assert told == {("ok", "Normal", "Completed", 1),
+                        ("bad", "Warning", "BackoffLimitExceeded", 1),
+                        ("slow", "Warning", "DeadlineExceeded", 1)}, told
 
 
 def test_cloudland_run_prints_the_output(cloudland: Running) -> None:

@@ -39,6 +39,12 @@ def test_failed_attempt_waits_for_its_backoff(run: Run, api: ResourceService, ru
                 await eventually(lambda: status().get("failed") == 2, timeout=10)
                 reasons = [c["reason"] for c in status()["conditions"] if c["type"] == "Failed"]
                 assert reasons == ["BackoffLimitExceeded"]
+                # Told once: one event, not the verdict's and Ready's both (count 2).
+                events, _ = api.list("Event", "default")
+                told = [(e["reason"], e["count"]) for e in events
+                        if e["involvedObject"]["name"] == "flaky"
+                        and e["reason"] == "BackoffLimitExceeded"]
+                assert told == [("BackoffLimitExceeded", 1)], told
         finally:
             await reconciler.shutdown()
             await driver.close()

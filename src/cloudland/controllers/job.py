@@ -94,10 +94,9 @@ class JobReconciler:
             kind = "Complete" if reason == "Completed" else "Failed"
             status["completionTime"] = rfc3339(now)
             ctx.set_condition(status, kind, "True", reason, message, generation)
+            # Ready's change is recorded as the event (write_status): not told twice.
             ctx.set_condition(status, "Ready", "True" if kind == "Complete" else "False",
                               reason, message, generation)
-            ctx.record_event(obj, "Normal" if kind == "Complete" else "Warning", reason,
-                             message)
         self._write(ctx, obj, state, status, spec)
         return self._next_look(ctx, state, spec, status)
 
