@@ -330,6 +330,16 @@ class BucketSpec(Strict):
     # []): the controller makes the bucket's rules these, replacing a PutBucketCors.
     cors: list[BucketCorsRule] | None = Field(None, max_length=100)
 
+    @field_validator("versioning")
+    @classmethod
+    def _one_version(cls, value: bool) -> bool:
+        # Accepting `true` and keeping one version anyway would be a promise not kept.
+        if value:
+            raise ValueError("CloudLand's object store keeps one version of each object "
+                             "(version id 'null', as S3 with versioning never enabled); "
+                             "remove 'versioning' or set it to false")
+        return value
+
 
 # ---- Broker and Trigger --------------------------------------------------------
 
