@@ -237,6 +237,9 @@ def test_logs_of_a_job_show_its_attempts(server: Server) -> None:
     kind = server.cli("logs", "cm/migrate")
     assert kind.exit_code == 1
     assert "does not name a Service or a Job; use NAME, svc/NAME, job/NAME" in kind.stderr
+    server.api.create({"apiVersion": "cloudland/v1", "kind": "Job", "metadata": {"name": "quiet"},
+                       "spec": {"command": ["true"]}})
+    assert "No log lines from job/quiet.\n" in server.cli("logs", "job/quiet").stderr
     server.create("migrate")  # now a bare name means the Service
     assert "No log lines from service/migrate" in server.cli("logs", "migrate").stderr
 
@@ -312,6 +315,18 @@ def test_top_shows_cpu_and_memory_of_each_instance(server: Server) -> None:
         assert items[0]["memoryBytes"] > 0 and items[0]["cpuPercent"] >= 0
         idle = yaml.safe_load(server.cli("top", "idle", "-o", "yaml").stdout)
         assert idle == {"items": []}  # an empty list for scripts, not a message
+
+        # A Job's attempts too, as job/NAME or a bare NAME no Service has.
+        first, second = a_job(server)
+        server.api.update_status("Job", "default", "migrate", {"attempts": [
+            first, {**second, "pid": sleeper.pid, "handle": handle}]})
+        for ref in ("job/migrate", "migrate"):
+            job = server.cli("top", ref, "-o", "json")
+            assert job.exit_code == 0, job.output
+            assert [(i["job"], i["id"], i["pid"]) for i in job.json()["items"]] == [
+                ("migrate", "migrate-0", None), ("migrate", "migrate-1", sleeper.pid)], ref
+        assert "migrate-1" in server.cli("top", "job/migrate").stdout
+        assert "does not name a Service or a Job" in server.cli("top", "cm/migrate").stderr
     finally:
         sleeper.kill()
         sleeper.wait()

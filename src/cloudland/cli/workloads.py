@@ -143,7 +143,9 @@ def logs(
                     sys.stdout.flush()
             sys.stdout.flush()
             if not printed:
-                say(f"No log lines from {kind.lower()}/{name} yet.", stderr=True)
+                # A Job may have finished: "yet" would promise lines that never come.
+                later = " yet" if kind == "Service" else ""
+                say(f"No log lines from {kind.lower()}/{name}{later}.", stderr=True)
         except KeyboardInterrupt:
             return
         except BrokenPipeError:  # the reader (e.g. `head`) is gone: stop quietly
@@ -223,8 +225,8 @@ def seconds(value: str, option: str) -> float:
 
 
 def top(
-    service: Annotated[str | None, typer.Argument(
-        help="One Service (NAME or svc/NAME); without it, every Service.",
+    workload: Annotated[str | None, typer.Argument(
+        help="One Service or Job (NAME, svc/NAME or job/NAME); without it, every Service.",
         show_default=False)] = None,
     namespace: NamespaceOption = None,
     all_namespaces: Annotated[bool, typer.Option(
@@ -232,44 +234,48 @@ def top(
     output: OutputOption = Format.table,
     home: HomeOption = None,
 ) -> None:
-    """Show CPU and memory of each instance of one Service or of every Service."""
-    if service and all_namespaces:
-        raise BadRequest("give a SERVICE or -A, not both")
+    """Show CPU and memory of each instance of one Service or Job, or of every Service."""
+    if workload and all_namespaces:
+        raise BadRequest("give a WORKLOAD or -A, not both")
     ns = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
     with client_for(home) as client:
-        if service:
-            targets = [(ns or DEFAULT_NAMESPACE, service_name(service))]
+        if workload:
+            kind, name = workload_ref(workload, tuple(FORMS))
+            one = ns or DEFAULT_NAMESPACE
+            targets = [(one, kind or _bare_kind(client, one, name), name)]
         else:
-            targets = [(o["metadata"]["namespace"], o["metadata"]["name"])
+            targets = [(o["metadata"]["namespace"], "Service", o["metadata"]["name"])
                        for o in client.list("Service", ns)["items"]]
-        items = _usage(client, targets, one=bool(service))
+        items = _usage(client, targets, one=bool(workload))
     if output in (Format.json, Format.yaml):
         dump({"items": items}, output)
         return
     if not items:
-        where = f"service/{service_name(service)}" if service else (
+        where = f"{targets[0][1].lower()}/{targets[0][2]}" if workload else (
             f"namespace {ns}" if ns else "any namespace")
         say(f"No instances running in {where}.", stderr=True)
         return
-    lead = ["namespace"] * (ns is None) + ["service"] * (not service)
+    lead = ["namespace"] * (ns is None) + ["service"] * (not workload)
     rows = [[*(i[k] for k in lead), str(i.get("id")), _or_dash(i.get("pid")),
              _or_dash(i.get("cpuPercent"), "{:.1f}%"), human_bytes(i.get("memoryBytes"))]
             for i in items]
     table([*(k.upper() for k in lead), "INSTANCE", "PID", "CPU%", "MEMORY"], rows)
 
 
-def _usage(client: Client, targets: list[tuple[str, str]], *, one: bool) -> list[Object]:
-    """Each target Service's `/top` items, with its namespace and name; a Service
-    deleted since it was listed is skipped unless it is the `one` asked for."""
+def _usage(client: Client, targets: list[tuple[str, str, str]], *,
+           one: bool) -> list[Object]:
+    """Each (namespace, kind, name) target's `/top` items, with its namespace and name
+    (under `service` or `job`); a Service deleted since it was listed is skipped unless
+    it is the `one` asked for."""
     items = []
-    for namespace, name in targets:
+    for namespace, kind, name in targets:
         try:
-            found = client.request("GET", _sub(namespace, name, "top"))["items"]
+            found = client.request("GET", _sub(namespace, name, "top", kind))["items"]
         except NotFound:
             if one:
                 raise
             continue
-        items += [{"namespace": namespace, "service": name, **i} for i in found]
+        items += [{"namespace": namespace, kind.lower(): name, **i} for i in found]
     return items
 
 
