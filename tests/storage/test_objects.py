@@ -1076,3 +1076,48 @@ def test_cors_rules_are_kept_with_the_bucket_across_a_reopen(tmp_path: Path) -> 
         assert again.bucket("web").cors is None
     finally:
         again.close()
+
+
+def test_tags_ride_in_the_object_row_and_old_stores_gain_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "old"
+    store = ObjectStore(root)
+    store.create_bucket("b")
+    put(store, "b", "small", b"inline")
+    upload_id = store.create_upload("b", "up")
+    store.close()
+    db = sqlite3.connect(root / "objects.db")
+    db.execute("ALTER TABLE objects DROP COLUMN tags")  # the schemas before tags
+    db.execute("ALTER TABLE uploads DROP COLUMN tags")
+    db.commit()
+    db.close()
+    store = ObjectStore(root, inline_max=0)
+    try:
+        assert store.head("b", "small").tags == {} and store.upload(upload_id).tags == {}
+        tagged = put(store, "b", "file", b"blob", tags={"z": "1", "a": ""})
+        assert store.head("b", "file").tags == {"z": "1", "a": ""}  # order kept
+        store.set_tags("b", "small", {"k": "v"})
+        small = store.head("b", "small")
+        assert small.tags == {"k": "v"} and read(store, small) == b"inline"
+        assert store.copy(tagged, "b", "copy").tags == tagged.tags
+        assert store.copy(tagged, "b", "retagged", tags={}).tags == {}
+        with pytest.raises(S3Error) as e:
+            store.set_tags("b", "missing", {})
+        assert code(e) == ("NoSuchKey", 404)
+        with pytest.raises(S3Error) as e:
+            store.set_tags("nope", "k", {})
+        assert code(e) == ("NoSuchBucket", 404)
+        later = store.create_upload("b", "multi", tags={"from": "upload"})
+        part = upload_part(store, later, 1, b"p")
+        assert store.complete_upload(later, [(1, part.etag)]).tags == {"from": "upload"}
+    finally:
+        store.close()
+    reopened = ObjectStore(root)
+    try:
+        assert reopened.head("b", "small", body=False).tags == {"k": "v"}
+        assert reopened.head("b", "multi").tags == {"from": "upload"}
+        assert [o.key for o in reopened.list_objects("b").objects] == [
+            "copy", "file", "multi", "retagged", "small"]
+    finally:
+        reopened.close()

@@ -111,6 +111,7 @@ class ObjectInfo:
     # A COMPOSITE checksum's parts: each part's checksum of the object's algorithm (S3
     # answers them for GET ?partNumber and GetObjectAttributes); [] for any other object.
     part_checksums: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # its tag set (at most 10), in order
     # The body itself when it is stored in the row (small objects): read along with a
     # single object (head, open_object), never by listings.
     inline: bytes | None = field(default=None, repr=False, compare=False)
@@ -146,6 +147,7 @@ class Upload:
     headers: dict[str, str]
     checksums_algorithm: str | None = None
     checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE, with an algorithm
+    tags: dict[str, str] = field(default_factory=dict)  # given to the object at completion
 
 
 @dataclass(frozen=True)
@@ -435,6 +437,7 @@ CREATE TABLE IF NOT EXISTS objects (
     data BLOB,
     checksum_kind TEXT NOT NULL DEFAULT '',
     part_checksums TEXT NOT NULL DEFAULT '[]',
+    tags TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_blob ON objects (blob);
@@ -448,7 +451,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     metadata TEXT NOT NULL,
     headers TEXT NOT NULL,
     checksums_algorithm TEXT,
-    checksum_type TEXT
+    checksum_type TEXT,
+    tags TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -465,10 +469,10 @@ CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
 """
 
 _OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
-                   "checksums, parts, blob, part_checksums")
+                   "checksums, parts, blob, part_checksums, tags")
 _LISTED_COLUMNS = "key, size, etag, last_modified, checksum_kind"  # Listed's, in order
 _UPLOAD_COLUMNS = ("id, bucket, key, initiated, content_type, metadata, headers, "
-                   "checksums_algorithm, checksum_type")
+                   "checksums_algorithm, checksum_type, tags")
 
 
 def _loads(text: str) -> Any:
@@ -486,7 +490,8 @@ def _object(row: tuple[Any, ...]) -> ObjectInfo:
                       last_modified=row[4], content_type=row[5],
                       metadata=_loads(row[6]), headers=_loads(row[7]),
                       checksums=_loads(row[8]), parts=_loads(row[9]), blob=row[10],
-                      part_checksums=_loads(row[11]), inline=row[12] if len(row) > 12 else None)
+                      part_checksums=_loads(row[11]), tags=_loads(row[12]),
+                      inline=row[13] if len(row) > 13 else None)
 
 
 @dataclass(eq=False)
@@ -515,7 +520,7 @@ def _bucket(row: tuple[Any, ...]) -> BucketInfo:
 def _upload(row: tuple[Any, ...]) -> Upload:
     return Upload(id=row[0], bucket=row[1], key=row[2], initiated=row[3], content_type=row[4],
                   metadata=_loads(row[5]), headers=_loads(row[6]),
-                  checksums_algorithm=row[7], checksum_type=row[8])
+                  checksums_algorithm=row[7], checksum_type=row[8], tags=_loads(row[9]))
 
 
 def _part(row: tuple[Any, ...]) -> PartInfo:
@@ -715,8 +720,13 @@ class ObjectStore:
                            [(listed_checksum(_loads(c)), b, k) for b, k, c in rows])
         if "part_checksums" not in columns:  # made before objects kept their parts' checksums
             db.execute("ALTER TABLE objects ADD COLUMN part_checksums TEXT NOT NULL DEFAULT '[]'")
-        if "checksum_type" not in {r[1] for r in db.execute("PRAGMA table_info(uploads)")}:
+        if "tags" not in columns:  # made before objects had tags
+            db.execute("ALTER TABLE objects ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")
+        upload_columns = {r[1] for r in db.execute("PRAGMA table_info(uploads)")}
+        if "checksum_type" not in upload_columns:
             db.execute("ALTER TABLE uploads ADD COLUMN checksum_type TEXT")
+        if "tags" not in upload_columns:
+            db.execute("ALTER TABLE uploads ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")
         if "cors" not in {r[1] for r in db.execute("PRAGMA table_info(buckets)")}:
             db.execute("ALTER TABLE buckets ADD COLUMN cors TEXT")  # made before CORS
 
@@ -824,11 +834,12 @@ class ObjectStore:
     def _put_object(self, db: sqlite3.Connection, info: ObjectInfo) -> None:
         db.execute(
             f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}, data, checksum_kind) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (info.bucket, info.key, info.size, info.etag, info.last_modified,
              info.content_type, _dumps(info.metadata), _dumps(info.headers),
              _dumps(info.checksums), _dumps(info.parts), info.blob,
-             _dumps(info.part_checksums), info.inline, listed_checksum(info.checksums)))
+             _dumps(info.part_checksums), _dumps(info.tags), info.inline,
+             listed_checksum(info.checksums)))
 
     def _keep_blob(self, writer: BlobWriter, precheck: Callable[[], object], *,
                    inline: bool = False) -> bytes | None:
@@ -987,6 +998,7 @@ class ObjectStore:
                metadata: dict[str, str] | None = None,
                headers: dict[str, str] | None = None,
                checksums: dict[str, str] | None = None,
+               tags: dict[str, str] | None = None,
                check: Check | None = None) -> ObjectInfo:
         """Make what `writer` holds the object `bucket/key` (last complete commit wins).
 
@@ -1001,7 +1013,8 @@ class ObjectStore:
             last_modified=time.time(), content_type=content_type,
             metadata=dict(metadata or {}), headers=dict(headers or {}),
             checksums=dict(checksums) if checksums is not None else writer.digests(),
-            parts=[], blob="" if body is not None else writer.id, inline=body)
+            parts=[], blob="" if body is not None else writer.id, inline=body,
+            tags=dict(tags or {}))
         return self._replace(info, check)
 
     def head(self, bucket: str, key: str, *, body: bool = True) -> ObjectInfo:
@@ -1053,15 +1066,26 @@ class ObjectStore:
         self._unlink_blob(info.blob)  # after COMMIT, outside the lock (see _replace)
         return info
 
+    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Replace the object's tag set ({} removes it); its body, ETag and Last-Modified
+        stay as they are (as in S3). NoSuchBucket or NoSuchKey if there is no object."""
+        with self._tx() as db:
+            if db.execute("UPDATE objects SET tags = ? WHERE bucket = ? AND key = ?",
+                          (_dumps(tags), bucket, key)).rowcount == 0:
+                self._require_bucket(db, bucket)
+                raise no_such_key(key)
+
     def copy(self, src: ObjectInfo, bucket: str, key: str, *,
              content_type: str | None = None,
              metadata: dict[str, str] | None = None,
              headers: dict[str, str] | None = None,
              checksums: dict[str, str] | None = None,
+             tags: dict[str, str] | None = None,
              check: Check | None = None) -> ObjectInfo:
         """Copy `src` (as read by head) to `bucket/key`: a new blob hard-linked to the
         source's (blobs are immutable), same size, etag, parts and checksums. Each of
-        content_type, metadata, headers and checksums is replaced when given, else copied.
+        content_type, metadata, headers, checksums and tags is replaced when given, else
+        copied.
         NoSuchKey if `src` was replaced or deleted since it was read."""
         check_key(key)
         blob = "" if src.inline is not None else self._link_copy(src)
@@ -1072,7 +1096,8 @@ class ObjectStore:
             headers=dict(src.headers if headers is None else headers),
             checksums=dict(src.checksums if checksums is None else checksums),
             parts=list(src.parts), blob=blob, inline=src.inline,
-            part_checksums=list(src.part_checksums) if checksums is None else [])
+            part_checksums=list(src.part_checksums) if checksums is None else [],
+            tags=dict(src.tags if tags is None else tags))
         return self._replace(info, check)
 
     def _link_copy(self, src: ObjectInfo) -> str:
@@ -1177,19 +1202,21 @@ class ObjectStore:
                       metadata: dict[str, str] | None = None,
                       headers: dict[str, str] | None = None,
                       checksums_algorithm: str | None = None,
-                      checksum_type: str | None = None) -> str:
+                      checksum_type: str | None = None,
+                      tags: dict[str, str] | None = None) -> str:
         """A new multipart upload. With `checksums_algorithm`, the object gets that
         checksum made of its parts' (`checksum_type` COMPOSITE or FULL_OBJECT; S3's
-        default for the algorithm when None)."""
+        default for the algorithm when None). The object gets `tags` when completed."""
         check_key(key)
         algorithm, kind = _upload_checksum(checksums_algorithm, checksum_type)
         upload_id = secrets.token_urlsafe(24)
         with self._tx() as db:
             self._require_bucket(db, bucket)
             db.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (upload_id, bucket, key, time.time(), content_type,
-                        _dumps(metadata or {}), _dumps(headers or {}), algorithm, kind))
+                        _dumps(metadata or {}), _dumps(headers or {}), algorithm, kind,
+                        _dumps(tags or {})))
         return upload_id
 
     def _get_upload(self, db: sqlite3.Connection, upload_id: str) -> Upload:
@@ -1300,7 +1327,7 @@ class ObjectStore:
             etag=f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}", last_modified=time.time(),
             content_type=upload.content_type, metadata=upload.metadata,
             headers=upload.headers, checksums=checksums, parts=[p.size for p in chosen],
-            part_checksums=_part_checksums(checksums, chosen), blob=blob)
+            part_checksums=_part_checksums(checksums, chosen), blob=blob, tags=upload.tags)
 
         def check_and_finish(current: ObjectInfo | None) -> None:
             # Same transaction as the object's row: the upload must still exist.
