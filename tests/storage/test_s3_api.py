@@ -218,8 +218,13 @@ def test_odd_keys_round_trip(s3: Any, fresh: str) -> None:
 
 def test_unsupported_subresources_are_refused(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="tagged", Body=b"precious")
-    assert fails(s3.put_object_tagging, Bucket=bucket, Key="tagged",
+    # Bucket tagging is not kept: PUT ?tagging without a key is refused, never CreateBucket.
+    assert fails(s3.put_bucket_tagging, Bucket=bucket,
                  Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}) == ("NotImplemented", 501)
+    assert fails(s3.get_bucket_tagging, Bucket=bucket) == ("NotImplemented", 501)
+    assert fails(s3.put_bucket_tagging, Bucket="not-made-by-tagging",
+                 Tagging={"TagSet": []}) == ("NotImplemented", 501)
+    assert fails(s3.head_bucket, Bucket="not-made-by-tagging") == ("404", 404)
     assert fails(s3.put_object_acl, Bucket=bucket, Key="tagged", ACL="private") == (
         "NotImplemented", 501)
     assert fails(s3.get_object_acl, Bucket=bucket, Key="tagged") == ("NotImplemented", 501)

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar, cast
 from aiohttp import web
 from multidict import CIMultiDict
 
-from cloudland.storage import attributes, checksums, cors, s3xml
+from cloudland.storage import attributes, checksums, cors, s3xml, tagging
 from cloudland.storage.errors import (
     S3Error,
     invalid_argument,
@@ -77,9 +77,9 @@ RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
 REGION = re.compile(r"[a-z0-9-]{1,32}")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-# Subresources S3 has and CloudLand does not (but for the GETs `_route` names): refused,
-# never mistaken for a plain object or bucket request (PUT ?tagging must not overwrite the
-# object with the tagging XML).
+# Subresources S3 has and CloudLand does not (but for the requests `_route` names, such as
+# an object's ?tagging): refused, never mistaken for a plain object or bucket request (PUT
+# ?tagging on a bucket must not be taken for CreateBucket).
 UNSUPPORTED_SUBRESOURCES = frozenset({
     "accelerate", "acl", "analytics", "attributes", "cors", "encryption",
     "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "logging", "metadataTable",
@@ -401,6 +401,9 @@ class S3Server:
                 return self._versioning
             if only == ("attributes", "GET", True):
                 return self._object_attributes
+            if only is not None and only[0] == "tagging" and only[2] \
+                    and m in ("GET", "PUT", "DELETE"):
+                return self._object_tagging
             raise S3Error("NotImplemented", "A header or query you provided implies "
                           "functionality that is not implemented", 501,
                           Subresource=unsupported[0])
@@ -615,13 +618,14 @@ class S3Server:
         self.store.bucket(call.bucket)  # NoSuchBucket before reading a body
         described = signed_headers(call)
         meta = user_metadata(described)
+        tags = tagging.from_request(described, call.query)
         writer, verifier = await self._receive(call, MAX_OBJECT_BYTES, described)
         # Off the event loop: a commit fsyncs the blob, its directory and SQLite.
         info = await self._thread(
             self.store.commit, call.bucket, call.key, writer,
             content_type=described.get("content-type") or "binary/octet-stream",
             metadata=meta, headers=stored_headers(described),
-            checksums=verifier.checksums, check=write_check(call.headers))
+            checksums=verifier.checksums, tags=tags, check=write_check(call.headers))
         self._publish("ObjectCreated:Put", info, call)
         return web.Response(status=200, headers={"ETag": quoted(info.etag),
                                                  **checksums.response_headers(info.checksums)})
@@ -720,6 +724,25 @@ class S3Server:
         response = _xml(attributes.document(info, wanted, max_parts=max_parts, marker=marker))
         response.headers["Last-Modified"] = http_date(info.last_modified)
         return response
+
+    async def _object_tagging(self, call: Call) -> web.Response:
+        """GetObjectTagging, PutObjectTagging (replaces the whole set) and
+        DeleteObjectTagging. Versioning is off, so each answers `x-amz-version-id: null`,
+        as S3 does for an unversioned bucket."""
+        self._authorize(call, public=False)
+        _check_version(call.query)
+        version = {"x-amz-version-id": "null"}
+        if call.method == "GET":
+            info = await self._thread(self.store.head, call.bucket, call.key, body=False)
+            response = _xml(tagging.document(info.tags))
+            response.headers.update(version)
+            return response
+        if call.method == "PUT":
+            tags = tagging.parse(await _small_body(call))
+            await self._thread(self.store.set_tags, call.bucket, call.key, tags)
+            return web.Response(status=200, headers=version)
+        await self._thread(self.store.set_tags, call.bucket, call.key, {})
+        return web.Response(status=204, headers=version)
 
     async def _send_object(self, call: Call, info: ObjectInfo,
                            blob: BinaryIO | None) -> web.StreamResponse:
@@ -835,6 +858,8 @@ class S3Server:
                    "Content-Type": info.content_type, "Accept-Ranges": "bytes",
                    **{h.title(): v for h, v in info.headers.items()},
                    **{f"x-amz-meta-{k}": v for k, v in info.metadata.items()}}
+        if info.tags:
+            headers[tagging.COUNT_HEADER] = str(len(info.tags))
         for param, header in RESPONSE_OVERRIDES:
             if param not in call.query:
                 continue
@@ -911,13 +936,20 @@ class S3Server:
                           "storage class, website redirect location or encryption attributes.",
                           400)
         replace = directive == "REPLACE"
+        tags_directive = call.headers.get(tagging.DIRECTIVE, "COPY").upper()
+        if tags_directive not in ("COPY", "REPLACE"):
+            raise invalid_argument("Unknown tagging directive.", tagging.DIRECTIVE,
+                                   tags_directive)
+        tags = None  # the source's
+        if tags_directive == "REPLACE":
+            tags = tagging.from_request(call.headers, call.query) or {}
         info = await self._thread(
             self.store.copy, source, call.bucket, call.key,
             content_type=(call.headers.get("Content-Type") or "binary/octet-stream")
             if replace else None,
             metadata=user_metadata(call.headers) if replace else None,
             headers=stored_headers(call.headers) if replace else None,
-            checksums=await self._copy_checksums(call, source),
+            checksums=await self._copy_checksums(call, source), tags=tags,
             check=write_check(call.headers))
         self._publish("ObjectCreated:Copy", info, call)
         return _xml(document("CopyObjectResult", [
@@ -970,7 +1002,8 @@ class S3Server:
             content_type=call.headers.get("Content-Type") or "binary/octet-stream",
             metadata=user_metadata(call.headers), headers=stored_headers(call.headers),
             checksums_algorithm=call.headers.get("x-amz-checksum-algorithm"),
-            checksum_type=call.headers.get("x-amz-checksum-type"))
+            checksum_type=call.headers.get("x-amz-checksum-type"),
+            tags=tagging.from_request(call.headers, call.query))
         response = _xml(document("InitiateMultipartUploadResult", [
             ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload_id)]))
         upload = self.store.upload(upload_id)
