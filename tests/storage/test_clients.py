@@ -46,6 +46,11 @@ def test_the_aws_cli(s3_cloudland: Running, access_key: tuple[str, str],
         "StorageClass"], env))
     assert (attributes["ETag"], attributes["ObjectSize"], attributes["StorageClass"]) == (
         hashlib.md5(source.read_bytes()).hexdigest(), 500_000, "STANDARD")
+    run([aws, *endpoint, "s3api", "put-object-tagging", "--bucket", "cli-bucket", "--key",
+         "reports/report.csv", "--tagging", "TagSet=[{Key=team,Value=rides}]"], env)
+    assert json.loads(run([aws, *endpoint, "s3api", "get-object-tagging", "--bucket",
+                           "cli-bucket", "--key", "reports/report.csv"], env)) == {
+        "TagSet": [{"Key": "team", "Value": "rides"}], "VersionId": "null"}
     run([aws, *endpoint, "s3", "rm", "--recursive", "s3://cli-bucket"], env)
     run([aws, *endpoint, "s3", "rb", "s3://cli-bucket"], env)
 
