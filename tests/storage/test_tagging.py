@@ -77,7 +77,9 @@ def test_put_get_delete_object_tagging(s3: Any, bucket: str) -> None:
     assert tags_of(s3, bucket, "board.json") == {}  # an empty set removes the tags
 
 
-def test_tagging_a_missing_object_or_version(s3: Any, bucket: str) -> None:
+def test_tagging_a_missing_object_or_version(s3_cloudland: Running,
+                                             access_key: tuple[str, str], s3: Any,
+                                             bucket: str) -> None:
     for call, extra in ((s3.get_object_tagging, {}), (s3.delete_object_tagging, {}),
                         (s3.put_object_tagging, {"Tagging": tag_set({"a": "b"})})):
         assert fails(call, Bucket=bucket, Key="never", **extra) == ("NoSuchKey", 404)
@@ -85,7 +87,11 @@ def test_tagging_a_missing_object_or_version(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="v", Body=b"")
     assert fails(s3.get_object_tagging, Bucket=bucket, Key="v", VersionId="3") == (
         "InvalidArgument", 400)
-    # PUT ?tagging never writes the object, HEAD/POST ?tagging are no operation of S3's.
+    # POST and HEAD ?tagging are no operation of S3's: refused, the object left alone.
+    url = f"{endpoint(s3_cloudland)}/{bucket}/v?tagging"
+    status, _, reply = fetch(url, "POST", b"x", sign(access_key, "POST", url, b"x"))
+    assert (status, error_code(reply)) == (501, "NotImplemented")
+    assert fetch(url, "HEAD", None, sign(access_key, "HEAD", url))[0] == 501
     assert s3.get_object(Bucket=bucket, Key="v")["Body"].read() == b""
 
 
