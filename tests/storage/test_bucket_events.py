@@ -84,6 +84,37 @@ def test_bucket_notifications_reach_a_cloudevents_sink(
     assert len({e.get_id() for e in events}) == 2
 
 
+def test_tag_changes_are_events_when_asked_for(
+        s3_cloudland: Running, s3: Any, sink: tuple[str, list[BaseCloudEvent]]) -> None:
+    url, events = sink
+    with Client(s3_cloudland.api) as client:
+        client.apply([bucket("tagged", {"notifications": [{
+            "events": ["s3:ObjectTagging:*"], "sink": {"uri": url}}]})])
+        wait_for(lambda: ready(client, "tagged") == "True", timeout=10,
+                 message="the Bucket to be created")
+    etag = s3.put_object(Bucket="tagged", Key="scan/me.bin", Body=b"z")["ETag"].strip('"')
+    s3.put_object_tagging(Bucket="tagged", Key="scan/me.bin",
+                          Tagging={"TagSet": [{"Key": "verdict", "Value": "clean"}]})
+    s3.delete_object_tagging(Bucket="tagged", Key="scan/me.bin")
+    wait_for(lambda: len(events) >= 2, timeout=10, message="the tagging CloudEvents")
+    assert [e.get_type() for e in events] == ["com.amazonaws.s3.ObjectTagging:Put",
+                                              "com.amazonaws.s3.ObjectTagging:Delete"]
+    data = events[0].get_data()
+    assert isinstance(data, dict)
+    assert data["eventName"] == "ObjectTagging:Put"
+    assert data["s3"]["object"] == {"key": "scan/me.bin", "eTag": etag, "versionId": "null",
+                                    "sequencer": data["s3"]["object"]["sequencer"]}
+    with pytest.raises(ClientError) as missing:  # no object: no event either
+        s3.put_object_tagging(Bucket="tagged", Key="nothing",
+                              Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    s3.put_object(Bucket="tagged", Key="marker", Body=b"m")  # not asked for: no event
+    s3.put_object_tagging(Bucket="tagged", Key="marker",
+                          Tagging={"TagSet": [{"Key": "last", "Value": "one"}]})
+    wait_for(lambda: len(events) >= 3, timeout=10, message="the last tagging CloudEvent")
+    assert [e.get_subject() for e in events] == ["scan/me.bin", "scan/me.bin", "marker"]
+
+
 def test_deletion_policy(s3_cloudland: Running, s3: Any) -> None:
     with Client(s3_cloudland.api) as client:
         client.apply([bucket("keep-me", {}),

@@ -80,6 +80,8 @@ def s3_record(event_name: str, info: ObjectInfo, *, region: str, request_id: str
                            "sequencer": sequencer}
     if event_name.startswith("ObjectCreated"):
         obj.update(size=info.size, eTag=info.etag, versionId=info.version_id)
+    elif event_name.startswith("ObjectTagging"):  # S3 names the version tagged, no size
+        obj.update(eTag=info.etag, versionId=info.version_id)
     return {
         "eventVersion": "2.1", "eventSource": "cloudland:s3", "awsRegion": region,
         "eventTime": iso8601(info.last_modified), "eventName": event_name,

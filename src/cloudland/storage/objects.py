@@ -1066,14 +1066,18 @@ class ObjectStore:
         self._unlink_blob(info.blob)  # after COMMIT, outside the lock (see _replace)
         return info
 
-    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> ObjectInfo:
         """Replace the object's tag set ({} removes it); its body, ETag and Last-Modified
-        stay as they are (as in S3). NoSuchBucket or NoSuchKey if there is no object."""
+        stay as they are (as in S3). The object as it now is (for its event);
+        NoSuchBucket or NoSuchKey if there is no object."""
         with self._tx() as db:
-            if db.execute("UPDATE objects SET tags = ? WHERE bucket = ? AND key = ?",
-                          (_dumps(tags), bucket, key)).rowcount == 0:
+            row = db.execute(f"UPDATE objects SET tags = ? WHERE bucket = ? AND key = ? "
+                             f"RETURNING {_OBJECT_COLUMNS}", (_dumps(tags), bucket, key)
+                             ).fetchone()
+            if row is None:
                 self._require_bucket(db, bucket)
                 raise no_such_key(key)
+        return _object(row)
 
     def copy(self, src: ObjectInfo, bucket: str, key: str, *,
              content_type: str | None = None,

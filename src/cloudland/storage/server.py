@@ -737,12 +737,11 @@ class S3Server:
             response = _xml(tagging.document(info.tags))
             response.headers.update(version)
             return response
-        if call.method == "PUT":
-            tags = tagging.parse(await _small_body(call))
-            await self._thread(self.store.set_tags, call.bucket, call.key, tags)
-            return web.Response(status=200, headers=version)
-        await self._thread(self.store.set_tags, call.bucket, call.key, {})
-        return web.Response(status=204, headers=version)
+        putting = call.method == "PUT"
+        tags = tagging.parse(await _small_body(call)) if putting else {}
+        info = await self._thread(self.store.set_tags, call.bucket, call.key, tags)
+        self._publish("ObjectTagging:Put" if putting else "ObjectTagging:Delete", info, call)
+        return web.Response(status=200 if putting else 204, headers=version)
 
     async def _send_object(self, call: Call, info: ObjectInfo,
                            blob: BinaryIO | None) -> web.StreamResponse:
