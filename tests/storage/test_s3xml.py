@@ -5,6 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import pytest
+
 from cloudland.storage import s3xml
 from cloudland.storage.errors import S3Error
 
@@ -65,3 +67,23 @@ def test_carriage_returns_survive_the_round_trip() -> None:
 def test_iso8601_keeps_milliseconds() -> None:
     assert s3xml.iso8601(0) == "1970-01-01T00:00:00.000Z"
     assert s3xml.iso8601(1795625650.987) == "2026-11-25T16:54:10.987Z"
+
+
+@pytest.mark.parametrize("body", [
+    b'<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>',
+    b'<?xml version="1.0"?>\n<!DOCTYPE a SYSTEM "http://example.invalid/a.dtd"><a/>',
+    # The same in UTF-16: no "<!DOCTYPE" among the raw bytes, expat sees it once decoded.
+    '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY e "xxxxxxxx">]>'
+    '<a>&e;&e;&e;</a>'.encode("utf-16"),
+])
+def test_a_body_with_a_doctype_is_refused_in_any_encoding(body: bytes) -> None:
+    with pytest.raises(S3Error) as refused:
+        s3xml.parse(body)
+    assert refused.value.code == "MalformedXML"
+    assert "DOCTYPE" in refused.value.message
+
+
+def test_a_body_in_another_encoding_without_a_doctype_still_parses() -> None:
+    root = s3xml.parse('<?xml version="1.0" encoding="UTF-16"?><a><b>é</b></a>'
+                       .encode("utf-16"))
+    assert s3xml.child_text(root, "b") == "é"
