@@ -103,6 +103,13 @@ def test_put_get_delete_bucket_cors(s3: Any) -> None:
       "wildcard for ExposeHeader.")),
     ({"AllowedOrigins": ["*"], "AllowedMethods": ["GET"], "ID": "x" * 256},
      ("InvalidArgument", 400, "ID length should not exceed allowed limit of 255")),
+    # Echoed into answers' headers: a line break there would break every answer.
+    ({"AllowedOrigins": ["*"], "AllowedMethods": ["GET"], "ExposeHeaders": ["a\nb"]},
+     ("InvalidArgument", 400, "ExposeHeader must be a header name")),
+    ({"AllowedOrigins": ["*"], "AllowedMethods": ["GET"], "AllowedHeaders": ["x y"]},
+     ("InvalidArgument", 400, "AllowedHeader must be a header name")),
+    ({"AllowedOrigins": ["https://é.example"], "AllowedMethods": ["GET"]},
+     ("InvalidArgument", 400, "AllowedOrigin must be printable ASCII")),
 ])
 def test_put_bucket_cors_refuses_what_s3_refuses(s3: Any, bad: str, rule: dict[str, Any],
                                                  expected: tuple[str, int, str]) -> None:
@@ -228,6 +235,20 @@ def test_preflight_answers_from_the_first_matching_rule(endpoint: str, web: str)
             delete.headers["access-control-max-age"]) == ("DELETE", "5")
     bucket = options(f"{endpoint}/{web}", Origin=APP, **{"Access-Control-Request-Method": "GET"})
     assert bucket.status_code == 200
+
+
+def test_a_preflight_asks_each_header_once_and_at_most_64(endpoint: str, web: str) -> None:
+    url = f"{endpoint}/{web}/uploads/cat.jpg"
+    ask = {"Origin": APP, "Access-Control-Request-Method": "PUT"}
+    repeated = options(url, **ask, **{"Access-Control-Request-Headers":
+                                      ",".join(["Content-Type", "content-type"] * 250)})
+    assert repeated.status_code == 200  # each distinct name is checked (and echoed) once
+    assert repeated.headers["access-control-allow-headers"] == "content-type"
+    many = ",".join(f"x-amz-meta-{n}" for n in range(65))
+    too_many = options(url, **ask, **{"Access-Control-Request-Headers": many})
+    assert too_many.status_code == 403 and error(too_many)["Code"] == "AccessForbidden"
+    enough = options(url, **ask, **{"Access-Control-Request-Headers": many.rsplit(",", 1)[0]})
+    assert enough.status_code == 200
 
 
 @pytest.mark.parametrize(("origin", "method", "requested", "resource"), [
@@ -374,13 +395,18 @@ def test_a_bucket_manifest_declares_cors_and_wins_over_s3_when_it_does(
     wait_for(lambda: rules_of(s3, "spa") == [expected], message="the manifest's CORS rules")
     pre = options(f"{endpoint}/spa/a.txt", Origin=APP, **{"Access-Control-Request-Method": "PUT"})
     assert pre.status_code == 200 and pre.headers["access-control-max-age"] == "300"
-    # An S3 client replaces them; the manifest, declaring cors, wins at the next reconcile.
+    # An S3 client replaces them; the manifest, declaring cors, wins at the next
+    # reconcile, which a change to anything else of the Bucket brings.
     s3.put_bucket_cors(Bucket="spa", CORSConfiguration={"CORSRules": [
         {"AllowedOrigins": ["*"], "AllowedMethods": ["DELETE"]}]})
-    result = apply(s3_cloudland, tmp_path, "spa", declared.format(age=60))
+    result = apply(s3_cloudland, tmp_path, "spa", declared.format(age=300),
+                   access="public-read")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: rules_of(s3, "spa") == [expected], message="the manifest's rules back")
+    result = apply(s3_cloudland, tmp_path, "spa", declared.format(age=60))  # and its changes
     assert result.exit_code == 0, result.output
     wait_for(lambda: rules_of(s3, "spa") == [{**expected, "MaxAgeSeconds": 60}],
-             message="the manifest's rules back")
+             message="the manifest's new rules")
     result = apply(s3_cloudland, tmp_path, "spa", "  cors: []")  # declared empty: none
     assert result.exit_code == 0, result.output
     wait_for(lambda: rules_of(s3, "spa") is None, message="the configuration removed")
@@ -416,6 +442,8 @@ def test_a_bucket_manifest_without_cors_leaves_s3s_configuration(
      "spec.cors[0].maxAgeSeconds", "greater than or equal to 0"),
     ("{allowedOrigin: ['*'], allowedMethods: [GET]}", "spec.cors[0].allowedOrigin",
      "did you mean 'allowedOrigins'"),
+    ("{allowedOrigins: ['*'], allowedMethods: [GET], exposeHeaders: ['ETag, x']}",
+     "spec.cors[0].exposeHeaders", "is not a header name"),
 ])
 def test_a_bad_cors_rule_in_a_manifest_is_refused_with_its_field(
         s3_cloudland: Running, tmp_path: Any, rule: str, field: str, says: str) -> None:

@@ -17,6 +17,7 @@ import asyncio
 from cloudland.controllers.accepting import AcceptingReconciler, Object, Readiness, Ref, broker_ref
 from cloudland.controllers.base import Key, Result
 from cloudland.controllers.context import Context
+from cloudland.storage import cors
 from cloudland.storage.cors import Rule
 from cloudland.storage.errors import S3Error
 from cloudland.storage.objects import ObjectStore
@@ -95,11 +96,14 @@ class BucketReconciler(AcceptingReconciler):
 
 
 def cors_rules(spec: list[Object]) -> tuple[Rule, ...] | None:
-    """A Bucket's `spec.cors` as the object store keeps rules (none: no configuration)."""
-    return tuple(Rule(origins=tuple(r["allowedOrigins"]), methods=tuple(r["allowedMethods"]),
-                      headers=tuple(r.get("allowedHeaders", ())),
-                      expose=tuple(r.get("exposeHeaders", ())), max_age=r.get("maxAgeSeconds"),
-                      id=r.get("id")) for r in spec) or None
+    """A Bucket's `spec.cors` as the object store keeps rules (none: no configuration),
+    checked as a PutBucketCors is (the model checks the same; a stored object from an
+    older CloudLand may not have been)."""
+    rules = tuple(Rule(origins=tuple(r["allowedOrigins"]), methods=tuple(r["allowedMethods"]),
+                       headers=tuple(r.get("allowedHeaders", ())),
+                       expose=tuple(r.get("exposeHeaders", ())),
+                       max_age=r.get("maxAgeSeconds"), id=r.get("id")) for r in spec)
+    return cors.check(rules) if rules else None
 
 
 def empty_and_delete(objects: ObjectStore, bucket: str) -> None:

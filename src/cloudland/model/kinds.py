@@ -291,6 +291,10 @@ class Notification(Strict):
     sink: Sink
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
+_ORIGIN = re.compile(r"[\x21-\x7e]*")
+
+
 class BucketCorsRule(Strict):
     """One of S3's CORSRules, with S3's limits (storage/cors.py checks the same ones on a
     PutBucketCors)."""
@@ -318,6 +322,24 @@ class BucketCorsRule(Strict):
             if "*" in value:
                 raise ValueError(f"'{value}': S3 takes no wildcard in exposeHeaders; name each "
                                  "header (ETag, x-amz-request-id, ...)")
+        return values
+
+    @field_validator("allowedHeaders", "exposeHeaders")
+    @classmethod
+    def _header_names(cls, values: list[str]) -> list[str]:
+        for value in values:  # they are echoed into answers' headers
+            if not _HEADER_NAME.fullmatch(value):
+                raise ValueError(f"{value!r} is not a header name (letters, digits and "
+                                 "!#$%&'*+-.^_`|~)")
+        return values
+
+    @field_validator("allowedOrigins")
+    @classmethod
+    def _printable(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _ORIGIN.fullmatch(value):
+                raise ValueError(f"{value!r} is not an origin (printable ASCII, like "
+                                 "https://app.example.com or *)")
         return values
 
 

@@ -32,6 +32,11 @@ METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
 MAX_RULES = 100
 MAX_ID = 255
 MAX_DOCUMENT = 64 << 10  # "The document is limited to 64 KB in size."
+MAX_REQUESTED_HEADERS = 64  # distinct names in one Access-Control-Request-Headers
+# AllowedHeader and ExposeHeader are header names (HTTP tokens; AllowedHeader may hold a
+# "*"); AllowedOrigin is printable ASCII. Anything else would be echoed into answers.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ORIGIN = re.compile(r"[\x21-\x7e]*")
 VARY = "Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
 NOT_ALLOWED = ("CORSResponse: This CORS request is not allowed. This is usually because the "
                "evalution of Origin, request method / Access-Control-Request-Method or "
@@ -57,13 +62,23 @@ class Rule:
 
     def allows_headers(self, requested: Iterable[str]) -> bool:
         """Whether every requested header name matches an AllowedHeader (case ignored)."""
-        return all(any(_pattern(h, True).fullmatch(name) for h in self.headers)
-                   for name in requested)
+        allowed = _any_of(self.headers)
+        return all(allowed.fullmatch(name) for name in requested)
 
 
 @functools.lru_cache(maxsize=1024)
 def _pattern(allowed: str, fold: bool) -> re.Pattern[str]:
     return re.compile(re.escape(allowed).replace(r"\*", ".*"), re.IGNORECASE if fold else 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _any_of(allowed: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern for a rule's AllowedHeaders: each requested name costs one match."""
+    if "*" in allowed:
+        return re.compile(".*")
+    if not allowed:
+        return re.compile("(?!)")  # matches nothing
+    return re.compile("|".join(_pattern(h, True).pattern for h in allowed), re.IGNORECASE)
 
 
 # ---- validation and the XML document ----------------------------------------------------
@@ -85,6 +100,9 @@ def check(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
                 if value.count("*") > 1:
                     raise invalid_request(f'{kind} "{value}" can not have more than one '
                                           "wildcard.")
+        _check_names("AllowedOrigin", rule.origins, _ORIGIN, "printable ASCII")
+        _check_names("AllowedHeader", rule.headers, _TOKEN, "a header name")
+        _check_names("ExposeHeader", rule.expose, _TOKEN, "a header name")
         for value in rule.expose:
             if "*" in value:
                 raise invalid_request(f'ExposeHeader "{value}" contains wildcard. We currently '
@@ -95,6 +113,13 @@ def check(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         if rule.max_age is not None and rule.max_age < 0:
             raise s3xml.malformed("MaxAgeSeconds is a number of seconds, 0 or more")
     return rules
+
+
+def _check_names(kind: str, values: tuple[str, ...], shape: re.Pattern[str],
+                 what: str) -> None:
+    for value in values:
+        if not shape.fullmatch(value):
+            raise invalid_argument(f"{kind} must be {what}", kind, value[:64])
 
 
 def parse(body: bytes) -> tuple[Rule, ...]:
@@ -196,12 +221,17 @@ def actual(rules: tuple[Rule, ...] | None, method: str,
 
 def _answer(rules: tuple[Rule, ...], origin: str, method: str,
             requested_header: str | None) -> dict[str, str] | None:
-    requested = [h.strip().lower() for h in (requested_header or "").split(",") if h.strip()]
-    for rule in rules:
-        if method not in rule.methods or not rule.allows_headers(requested):
+    # Each distinct name once, in the order asked; past MAX_REQUESTED_HEADERS no rule
+    # allows it (a browser asks for a handful; a long list is only work for us).
+    requested = list(dict.fromkeys(
+        h.strip().lower() for h in (requested_header or "").split(",") if h.strip()))
+    if len(requested) > MAX_REQUESTED_HEADERS:
+        return None
+    for rule in rules:  # the cheap checks first: method, origin, then headers
+        if method not in rule.methods:
             continue
         allowed = rule.allowed_origin(origin)
-        if allowed is None:
+        if allowed is None or not rule.allows_headers(requested):
             continue
         answer = {"Access-Control-Allow-Origin": "*" if allowed == "*" else origin,
                   "Access-Control-Allow-Methods": ", ".join(rule.methods)}
