@@ -198,3 +198,16 @@ spec: {command: ["sh", "-c", "sleep 1"]}
         conditions = c.get("Job", "default", "slow")["status"]["conditions"]
         assert any(cond["type"] == "Complete" and cond["status"] == "True"
                    for cond in conditions), conditions
+
+    # A Job removed as soon as it finishes (ttlSecondsAfterFinished: 0) is judged by the
+    # events it left: success is success, a failure still fails the wait.
+    for name, command, code in (("brief", "sleep 1", 0), ("brief-bad", "sleep 1; exit 5", 1)):
+        ttl = write(tmp_path / name, f"{name}.yaml", f"""\
+apiVersion: cloudland/v1
+kind: Job
+metadata: {{name: {name}}}
+spec: {{command: ["sh", "-c", "{command}"], backoffLimit: 0, ttlSecondsAfterFinished: 0}}
+""")
+        waited = cloudland.cli("apply", "-f", str(ttl), "--wait", "--timeout", "600")
+        assert waited.exit_code == code, waited.output
+    assert "job/brief-bad failed: BackoffLimitExceeded" in waited.stderr

@@ -20,7 +20,7 @@ from cloudland.cli.options import HomeOption, NamespaceOption, client_for
 from cloudland.cli.output import Format, console, dump, err_console, fail
 from cloudland.cli.plan import render_plan
 from cloudland.client import Client
-from cloudland.errors import CloudLandError, Invalid
+from cloudland.errors import CloudLandError, Invalid, NotFound
 from cloudland.model.kinds import kind_info
 
 FilesOption = Annotated[list[str], typer.Option(
@@ -215,6 +215,7 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
     pending = [i for i in items if i["action"] != "deleted"]
     deadline = time.monotonic() + timeout
     why: dict[str, str] = {}
+    uids: dict[str, str] = {}  # each Job's, once seen: its events outlive it
     with Progress(TextColumn("Waiting until ready"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         total = len(pending)
@@ -223,7 +224,7 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
             still = []
             for item in pending:
                 kind, name = item["kind"].lower(), item["name"]
-                verdict = _not_ready(client.get(item["kind"], item["namespace"], name))
+                verdict = _verdict(client, item, uids)
                 if verdict is None:
                     continue
                 failed, reason = verdict
@@ -246,6 +247,39 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
                              hint=f"see: cloudland describe {first['kind'].lower()} "
                                   f"{first['name']}, or cloudland events")
     console.print("[green]✓[/] All objects ready.")
+
+
+JOB_VERDICTS = {"Completed": False, "BackoffLimitExceeded": True, "DeadlineExceeded": True}
+
+
+def _verdict(client: Client, item: dict[str, Any],
+             uids: dict[str, str]) -> tuple[bool, str] | None:
+    """`_not_ready` of the applied object as it is now. A Job may be gone already:
+    `ttlSecondsAfterFinished` deletes it once finished, so its verdict is read from
+    the events it left (the latest about the Job seen, or about any of that name)."""
+    try:
+        obj = client.get(item["kind"], item["namespace"], item["name"])
+    except NotFound:
+        if item["kind"] != "Job":
+            raise
+        return _gone_job(client, item, uids.get(item["name"]))
+    if item["kind"] == "Job":
+        uids[item["name"]] = str(obj["metadata"].get("uid"))
+    return _not_ready(obj)
+
+
+def _gone_job(client: Client, item: dict[str, Any], uid: str | None) -> tuple[bool, str] | None:
+    told = sorted((e for e in client.list("Event", item["namespace"])["items"]
+                   if e["involvedObject"].get("kind") == "Job"
+                   and e["involvedObject"].get("name") == item["name"]
+                   and (uid is None or e["involvedObject"].get("uid") == uid)
+                   and e.get("reason") in JOB_VERDICTS),
+                  key=lambda e: str(e.get("lastTimestamp")))
+    if not told:
+        return True, "deleted before it finished"
+    last = told[-1]
+    return None if not JOB_VERDICTS[last["reason"]] else (
+        True, f"{last['reason']}: {last.get('message')} (then removed)")
 
 
 def _not_ready(obj: dict[str, Any]) -> tuple[bool, str] | None:
