@@ -1070,13 +1070,13 @@ class ObjectStore:
         """Replace the object's tag set ({} removes it); its body, ETag and Last-Modified
         stay as they are (as in S3). The object as it now is (for its event);
         NoSuchBucket or NoSuchKey if there is no object."""
-        with self._tx() as db:
-            row = db.execute(f"UPDATE objects SET tags = ? WHERE bucket = ? AND key = ? "
-                             f"RETURNING {_OBJECT_COLUMNS}", (_dumps(tags), bucket, key)
-                             ).fetchone()
-            if row is None:
+        with self._tx() as db:  # no UPDATE ... RETURNING: SQLite before 3.35 lacks it
+            if db.execute("UPDATE objects SET tags = ? WHERE bucket = ? AND key = ?",
+                          (_dumps(tags), bucket, key)).rowcount == 0:
                 self._require_bucket(db, bucket)
                 raise no_such_key(key)
+            row = db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? "
+                             "AND key = ?", (bucket, key)).fetchone()
         return _object(row)
 
     def copy(self, src: ObjectInfo, bucket: str, key: str, *,
