@@ -318,10 +318,14 @@ def test_describe_service_and_job_read_their_status(cloudland: Running, api: Cli
     assert [row.split()[1:4] for row in table[1:]] == [["Running", "true", "0"]] * 2
     assert svc.index("Conditions:") < svc.index("Instances:") < svc.index("Events:")
 
-    job = wait_for(lambda: described(["job", "fails"], "Completions: 0/1"), timeout=20,
-                   message="the Job to fail")
+    def failed() -> list[str] | None:  # "Completions: 0/1" shows while it runs, too
+        lines = described(["job", "fails"], "Completions: 0/1") or []
+        return lines if any(x.split()[:2] == ["Failed", "At:"] for x in lines) else None
+
+    job = wait_for(failed, timeout=20, message="the Job to fail")
     statuses = "Attempt Statuses: 0 running / 0 succeeded / 1 failed"
     assert any(" ".join(x.split()).startswith(statuses) for x in job)
+    assert not any(x.split()[:2] == ["Completed", "At:"] for x in job)
     attempts = job[job.index("Attempts:") + 1:job.index("Events:")]
     assert attempts[1].split()[:2] == ["fails-0", "Failed"]
     assert attempts[1].endswith("Error (exit 3)")

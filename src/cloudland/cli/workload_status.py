@@ -110,8 +110,11 @@ def job_view(obj: Object, status: Object) -> StatusView:
         ("Attempt Statuses", f"{active} running / {succeeded} succeeded / {failed} failed "
                      f"({started} started, backoffLimit {spec.get('backoffLimit', 6)})"),
         ("Start Time", start or NONE)], table_title="Attempts", headers=JOB_COLUMNS)
-    if end:
-        view.fields.append(("Completed At", end))
+    if end:  # kubectl's "Completed At" is for a success only
+        failed_for_good = any(c.get("type") == "Failed" and c.get("status") == "True"
+                              for c in (obj.get("status") or {}).get("conditions") or []
+                              if isinstance(c, dict))
+        view.fields.append(("Failed At" if failed_for_good else "Completed At", end))
     if start:
         view.fields.append(("Duration", duration(start, end)))
     if isinstance(retry_at, int | float) and not end and retry_at > time.time():
