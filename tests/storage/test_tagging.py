@@ -158,7 +158,14 @@ def test_duplicate_keys_and_malformed_documents(s3_cloudland: Running,
     for body in (b"not xml", b"<Tagging><TagSet>" + tag, b"<Other><TagSet/></Other>",
                  b"<Tagging/>", b"<Tagging><TagSet><Tag><Key>a</Key></Tag></TagSet></Tagging>",
                  b"<Tagging><TagSet><Tag><Value>a</Value></Tag></TagSet></Tagging>",
-                 b'<!DOCTYPE x [<!ENTITY e "a">]><Tagging><TagSet/></Tagging>'):
+                 b'<!DOCTYPE x [<!ENTITY e "a">]><Tagging><TagSet/></Tagging>',
+                 # Nothing but Tags of one Key and one Value: nothing is ignored.
+                 b"<Tagging><TagSet>" + tag + b"</TagSet><TagSet/></Tagging>",
+                 b"<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value><Colour>red</Colour>"
+                 b"</Tag></TagSet></Tagging>",
+                 b"<Tagging><TagSet><Tag><Key>a</Key><Key>b</Key><Value>1</Value></Tag>"
+                 b"</TagSet></Tagging>",
+                 b"<Tagging><TagSet><Label/></TagSet></Tagging>"):
         assert put(body)[:2] == (400, "MalformedXML"), body
     assert tags_of(s3, bucket, "xml") == {"kept": "yes"}
     namespaced = (b'<Tagging xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><TagSet>'

@@ -72,14 +72,14 @@ def parse(body: bytes) -> dict[str, str]:
     root = s3xml.parse(body)
     if root.tag != "Tagging":
         raise s3xml.malformed("the root element must be Tagging")
-    tag_set = root.find("TagSet")
-    if tag_set is None:
-        raise s3xml.malformed("Tagging must hold a TagSet")
+    if [child.tag for child in root] != ["TagSet"]:
+        raise s3xml.malformed("Tagging must hold one TagSet and nothing else")
     tags: dict[str, str] = {}
-    for tag in tag_set.findall("Tag"):
+    for tag in root[0]:
+        if tag.tag != "Tag" or sorted(child.tag for child in tag) != ["Key", "Value"]:
+            raise s3xml.malformed("a TagSet holds Tags of one Key and one Value each")
         key, value = s3xml.child_text(tag, "Key"), s3xml.child_text(tag, "Value")
-        if key is None or value is None:
-            raise s3xml.malformed("each Tag must hold a Key and a Value")
+        assert key is not None and value is not None
         if key in tags:
             raise invalid_tag("Cannot provide multiple Tags with the same key")
         tags[key] = value
