@@ -295,6 +295,13 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 _ORIGIN = re.compile(r"[\x21-\x7e]*")
 
 
+def _each(values: list[str], shape: re.Pattern[str], what: str) -> list[str]:
+    for value in values:
+        if not shape.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+    return values
+
+
 class BucketCorsRule(Strict):
     """One of S3's CORSRules, with S3's limits (storage/cors.py checks the same ones on a
     PutBucketCors)."""
@@ -324,23 +331,16 @@ class BucketCorsRule(Strict):
                                  "header (ETag, x-amz-request-id, ...)")
         return values
 
+    # Echoed into answers' headers: each must be a header name, or printable ASCII.
     @field_validator("allowedHeaders", "exposeHeaders")
     @classmethod
     def _header_names(cls, values: list[str]) -> list[str]:
-        for value in values:  # they are echoed into answers' headers
-            if not _HEADER_NAME.fullmatch(value):
-                raise ValueError(f"{value!r} is not a header name (letters, digits and "
-                                 "!#$%&'*+-.^_`|~)")
-        return values
+        return _each(values, _HEADER_NAME, "a header name (letters, digits and !#$%&'*+-.^_`|~)")
 
     @field_validator("allowedOrigins")
     @classmethod
     def _printable(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not _ORIGIN.fullmatch(value):
-                raise ValueError(f"{value!r} is not an origin (printable ASCII, like "
-                                 "https://app.example.com or *)")
-        return values
+        return _each(values, _ORIGIN, "an origin (printable ASCII, like https://app.example)")
 
 
 class BucketSpec(Strict):
