@@ -216,6 +216,7 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     why: dict[str, str] = {}
     uids: dict[str, str] = {}  # each Job's, once seen: its events outlive it
+    ready_since: dict[str, float] = {}  # SETTLING objects seen ready, since when
     with Progress(TextColumn("Waiting until ready"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         total = len(pending)
@@ -225,6 +226,10 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
             for item in pending:
                 kind, name = item["kind"].lower(), item["name"]
                 verdict = _verdict(client, item, uids)
+                if verdict is None and item["kind"] in SETTLING:
+                    verdict = _settling(f"{kind}/{name}", ready_since)
+                elif verdict is not None:
+                    ready_since.pop(f"{kind}/{name}", None)
                 if verdict is None:
                     continue
                 failed, reason = verdict
@@ -250,6 +255,20 @@ def _wait(client: Client, items: list[dict[str, Any]], timeout: float) -> None:
 
 
 JOB_VERDICTS = {"Completed": False, "BackoffLimitExceeded": True, "DeadlineExceeded": True}
+# Kinds whose readiness can come and go: a process without a readiness probe is ready
+# the moment it starts, so one that crashes as it starts is ready for a few
+# milliseconds. They count once they have stayed ready for SETTLE_S (as a Deployment's
+# minReadySeconds).
+SETTLING = frozenset({"Service"})
+SETTLE_S = 1.0
+
+
+def _settling(ref: str, ready_since: dict[str, float]) -> tuple[bool, str] | None:
+    """None once `ref`, ready now, has been ready for SETTLE_S; else why it waits."""
+    now = time.monotonic()
+    if now - ready_since.setdefault(ref, now) >= SETTLE_S:
+        return None
+    return False, f"ready, and to stay so for {SETTLE_S:.0f} s"
 
 
 def _verdict(client: Client, item: dict[str, Any],
