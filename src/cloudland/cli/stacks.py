@@ -281,9 +281,9 @@ def _verdict(client: Client, item: dict[str, Any],
     except NotFound:
         if item["kind"] != "Job":
             raise
-        return _gone_job(client, item, uids.get(item["name"]))
+        return _gone_job(client, item, uids.get(f"{item['namespace']}/{item['name']}"))
     if item["kind"] == "Job":
-        uids[item["name"]] = str(obj["metadata"].get("uid"))
+        uids[f"{item['namespace']}/{item['name']}"] = str(obj["metadata"].get("uid"))
     return _not_ready(obj)
 
 
