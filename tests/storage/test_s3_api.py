@@ -521,6 +521,14 @@ def test_multipart_upload(s3: Any, fresh: str) -> None:
         (1, e1, len(part1)), (2, e2, len(part2)), (3, copied, 20)]
     paged = s3.list_parts(Bucket=fresh, Key="big", UploadId=upload_id, MaxParts=1)
     assert paged["IsTruncated"] and paged["NextPartNumberMarker"] == 1
+    # Past 1,000 is taken (and said back) as S3 does; a page still holds 1,000 at most.
+    many = s3.list_parts(Bucket=fresh, Key="big", UploadId=upload_id, MaxParts=5000)
+    assert (many["MaxParts"], len(many["Parts"]), many["IsTruncated"]) == (5000, 3, False)
+    uploads = s3.list_multipart_uploads(Bucket=fresh, MaxUploads=5000)
+    assert uploads["MaxUploads"] == 5000 and upload_id in {u["UploadId"]
+                                                           for u in uploads["Uploads"]}
+    assert fails(s3.list_parts, Bucket=fresh, Key="big", UploadId=upload_id,
+                 MaxParts=2**31) == ("InvalidArgument", 400)
     # Part 2 is too small to be anything but the last.
     assert fails(s3.complete_multipart_upload, Bucket=fresh, Key="big", UploadId=upload_id,
                  MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in

@@ -61,6 +61,7 @@ MAX_OBJECT_BYTES = 5 << 30  # a single PUT (multipart for more)
 MAX_XML_BYTES = 2 << 20  # DeleteObjects of 1,000 long keys fits
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
+MAX_INT32 = 2**31 - 1  # S3 takes max-parts/max-uploads up to this; a page holds 1,000
 CHUNK = 1 << 20
 AHEAD_BLOCKS = 8  # an upload's blocks in flight through its stages (~8 MiB held)
 BUDGET_BLOCKS = 64  # all uploads' blocks in flight together (~64 MiB held at most)
@@ -1113,11 +1114,11 @@ class S3Server:
         self._authorize(call, public=False)
         q = call.query
         self.store.bucket(call.bucket)
-        limit = _int_arg(q, "max-uploads", 1000, 0, 1000)
+        limit = _int_arg(q, "max-uploads", 1000, 0, MAX_INT32)  # a page holds ≤ 1,000
         uploads, truncated = await self._thread(
             self.store.list_uploads,
             call.bucket, prefix=q.get("prefix", ""), key_marker=q.get("key-marker", ""),
-            upload_id_marker=q.get("upload-id-marker", ""), max_uploads=limit)
+            upload_id_marker=q.get("upload-id-marker", ""), max_uploads=min(limit, 1000))
         encode = _encoder(q)
         nodes: list[Node] = [("Bucket", call.bucket),
                              ("KeyMarker", encode(q.get("key-marker", ""))),
@@ -1138,10 +1139,11 @@ class S3Server:
         self._authorize(call, public=False)
         q = call.query
         upload = await self._upload_of(call)
-        limit = _int_arg(q, "max-parts", 1000, 0, 1000)
-        marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)
+        limit = _int_arg(q, "max-parts", 1000, 0, MAX_INT32)  # as max-keys: a page holds
+        marker = _int_arg(q, "part-number-marker", 0, 0, MAX_PART_NUMBER)  # ≤ 1,000
         parts, truncated = await self._thread(self.store.list_parts, upload.id,
-                                              part_number_marker=marker, max_parts=limit)
+                                              part_number_marker=marker,
+                                              max_parts=min(limit, 1000))
         nodes: list[Node] = [("Bucket", upload.bucket), ("Key", upload.key),
                              ("UploadId", upload.id), ("Initiator", _owner()),
                              ("Owner", _owner()), ("StorageClass", "STANDARD"),
