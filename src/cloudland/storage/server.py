@@ -78,10 +78,10 @@ RESPONSE_OVERRIDES = (("response-content-type", "Content-Type"),
 REGION = re.compile(r"[a-z0-9-]{1,32}")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-# Subresources S3 has and CloudLand does not (but for the requests `_route` names, such as
-# an object's ?tagging): refused, never mistaken for a plain object or bucket request (PUT
-# ?tagging on a bucket must not be taken for CreateBucket).
-UNSUPPORTED_SUBRESOURCES = frozenset({
+# Subresources S3 has. Only the (subresource, method, of an object?) requests `_route`'s
+# table names are served; any other is refused, never mistaken for a plain object or
+# bucket request (PUT ?tagging on a bucket must not be taken for CreateBucket).
+SUBRESOURCES = frozenset({
     "accelerate", "acl", "analytics", "attributes", "cors", "encryption",
     "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "logging", "metadataTable",
     "metrics", "notification", "object-lock", "ownershipControls", "policy", "policyStatus",
@@ -293,6 +293,7 @@ class S3Server:
         # Request ids: unique per server run, no system call per request.
         self._id_prefix = secrets.token_hex(4).upper()
         self._ids = itertools.count(1)
+        self._served = self._subresources()  # built once, not per request
 
     def _thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitable[T]:
         """Run blocking storage work on the S3 server's own threads."""
@@ -391,23 +392,25 @@ class S3Server:
         handler = self._route(call)
         return await handler(call)
 
+    def _subresources(self) -> dict[tuple[str, str, bool], Handler]:
+        """The subresource requests served: (subresource, method, of an object?)."""
+        gpd = ("GET", "PUT", "DELETE")
+        return {("versioning", "GET", False): self._versioning,
+                ("attributes", "GET", True): self._object_attributes,
+                **{("cors", m, False): self._bucket_cors for m in gpd},
+                **{("tagging", m, True): self._object_tagging for m in gpd}}
+
     def _route(self, call: Call) -> Handler:
         q, m = call.query, call.method
-        if "cors" in q and not call.key and m in ("GET", "PUT", "DELETE"):
-            return self._bucket_cors
-        unsupported = sorted(UNSUPPORTED_SUBRESOURCES.intersection(q))
-        if unsupported:
-            only = (unsupported[0], m, bool(call.key)) if len(unsupported) == 1 else None
-            if only == ("versioning", "GET", False):
-                return self._versioning
-            if only == ("attributes", "GET", True):
-                return self._object_attributes
-            if only is not None and only[0] == "tagging" and only[2] \
-                    and m in ("GET", "PUT", "DELETE"):
-                return self._object_tagging
-            raise S3Error("NotImplemented", "A header or query you provided implies "
-                          "functionality that is not implemented", 501,
-                          Subresource=unsupported[0])
+        named = sorted(SUBRESOURCES.intersection(q))
+        if named:
+            handler = self._served.get((named[0], m, bool(call.key))) \
+                if len(named) == 1 else None
+            if handler is None:
+                raise S3Error("NotImplemented", "A header or query you provided implies "
+                              "functionality that is not implemented", 501,
+                              Subresource=named[0])
+            return handler
         if not call.key:
             table: dict[str, Handler] = {"PUT": self._create_bucket,
                                          "DELETE": self._delete_bucket,
