@@ -543,7 +543,14 @@ class S3Server:
 
     def _cors_headers(self, request: web.BaseRequest) -> dict[str, str]:
         """The CORS headers for a request carrying an Origin (none when no rule allows it;
-        a preflight's answer has its own)."""
+        a preflight's answer has its own). Worked out once per request: an object's
+        answer asks in `_object_headers` (it may be sent before `handle` sees it), and
+        `handle` asks again for any other answer."""
+        if "cors" not in request:
+            request["cors"] = self._cors_for(request)
+        return cast(dict[str, str], request["cors"])
+
+    def _cors_for(self, request: web.BaseRequest) -> dict[str, str]:
         if request.method == "OPTIONS":
             return {}
         bucket, _, _ = self._locate(request, request.rel_url.raw_path)
