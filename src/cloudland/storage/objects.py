@@ -468,6 +468,17 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE INDEX IF NOT EXISTS parts_blob ON parts (blob);
 """
 
+# Columns later CloudLands added, as (table, column, declaration): `_migrate` adds the
+# ones a store made earlier lacks.
+_ADDED_COLUMNS = (
+    ("objects", "data", "BLOB"),  # bodies inline in their row
+    ("objects", "checksum_kind", "TEXT NOT NULL DEFAULT ''"),  # listings name checksums
+    ("objects", "part_checksums", "TEXT NOT NULL DEFAULT '[]'"),  # a COMPOSITE's parts'
+    ("objects", "tags", "TEXT NOT NULL DEFAULT '{}'"),
+    ("uploads", "checksum_type", "TEXT"),
+    ("uploads", "tags", "TEXT NOT NULL DEFAULT '{}'"),
+    ("buckets", "cors", "TEXT"),
+)
 _OBJECT_COLUMNS = ("bucket, key, size, etag, last_modified, content_type, metadata, headers, "
                    "checksums, parts, blob, part_checksums, tags")
 _LISTED_COLUMNS = "key, size, etag, last_modified, checksum_kind"  # Listed's, in order
@@ -709,26 +720,16 @@ class ObjectStore:
     def _migrate(self) -> None:
         """Bring a store made by an earlier CloudLand up to this schema (in _tx)."""
         db = self._db
-        columns = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
-        if "data" not in columns:  # made before bodies could be inline
-            db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
-        if "checksum_kind" not in columns:  # made before listings named checksums
-            db.execute("ALTER TABLE objects ADD COLUMN checksum_kind TEXT NOT NULL DEFAULT ''")
-            rows = db.execute("SELECT bucket, key, checksums FROM objects "
-                              "WHERE checksums != '{}'").fetchall()
-            db.executemany("UPDATE objects SET checksum_kind = ? WHERE bucket = ? AND key = ?",
-                           [(listed_checksum(_loads(c)), b, k) for b, k, c in rows])
-        if "part_checksums" not in columns:  # made before objects kept their parts' checksums
-            db.execute("ALTER TABLE objects ADD COLUMN part_checksums TEXT NOT NULL DEFAULT '[]'")
-        if "tags" not in columns:  # made before objects had tags
-            db.execute("ALTER TABLE objects ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")
-        upload_columns = {r[1] for r in db.execute("PRAGMA table_info(uploads)")}
-        if "checksum_type" not in upload_columns:
-            db.execute("ALTER TABLE uploads ADD COLUMN checksum_type TEXT")
-        if "tags" not in upload_columns:
-            db.execute("ALTER TABLE uploads ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")
-        if "cors" not in {r[1] for r in db.execute("PRAGMA table_info(buckets)")}:
-            db.execute("ALTER TABLE buckets ADD COLUMN cors TEXT")  # made before CORS
+        for table, column, declaration in _ADDED_COLUMNS:
+            if column in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                continue
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            if column == "checksum_kind":  # listings read it: fill it in for old rows
+                rows = db.execute("SELECT bucket, key, checksums FROM objects "
+                                  "WHERE checksums != '{}'").fetchall()
+                db.executemany(
+                    "UPDATE objects SET checksum_kind = ? WHERE bucket = ? AND key = ?",
+                    [(listed_checksum(_loads(c)), b, k) for b, k, c in rows])
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "objects.db", isolation_level=None,
