@@ -124,7 +124,7 @@ def logs(
 ) -> None:
     """Print the logs of a Service's or a Job's instances, each line prefixed with its
     instance; -f follows until Ctrl-C, or until the Job has finished."""
-    kind, name = workload_ref(workload, tuple(FORMS))
+    ref = workload_ref(workload, tuple(FORMS))  # a bad one fails before connecting
     wanted = {"stream": stream.value, "follow": follow, "previous": previous,
               "instance": instance, "tail": tail,
               "since": None if since is None else seconds(since, "--since")}
@@ -133,7 +133,7 @@ def logs(
     label, printed = _Labels(prefix), 0
     ns = namespace or DEFAULT_NAMESPACE
     with client_for(home) as client:
-        kind = kind or _bare_kind(client, ns, name)
+        kind, name = _workload(client, ns, ref)
         try:
             for record in stream_records(client, _sub(ns, name, "log", kind), params):
                 when = _stamp(record.get("time")) if timestamps else ""
@@ -157,6 +157,13 @@ def _stamp(when: Any) -> str:
     if not isinstance(when, int | float):
         return ""
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z "
+
+
+def _workload(client: Client, namespace: str,
+              ref: tuple[str | None, str]) -> tuple[str, str]:
+    """(kind, name) of a `workload_ref`, a bare NAME's kind asked of the API."""
+    kind, name = ref
+    return kind or _bare_kind(client, namespace, name), name
 
 
 def _bare_kind(client: Client, namespace: str, name: str) -> str:
@@ -240,9 +247,8 @@ def top(
     ns = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
     with client_for(home) as client:
         if workload:
-            kind, name = workload_ref(workload, tuple(FORMS))
             one = ns or DEFAULT_NAMESPACE
-            targets = [(one, kind or _bare_kind(client, one, name), name)]
+            targets = [(one, *_workload(client, one, workload_ref(workload, tuple(FORMS))))]
         else:
             targets = [(o["metadata"]["namespace"], "Service", o["metadata"]["name"])
                        for o in client.list("Service", ns)["items"]]
