@@ -634,8 +634,8 @@ def null_s3(path: Path) -> Iterator[str]:
     CloudLand and moto) do: boto3 asks by default and then checks the CRC32 of every
     byte it reads, which is part of what a download costs it. Answers carry the headers
     every S3 answer has (request id, Date, Server; a GET's Last-Modified and
-    Accept-Ranges): botocore parses each of them (Last-Modified with dateutil), ~0.2 ms
-    of its CPU per 4 KiB PUT+GET here, which a bare answer would leave out."""
+    Accept-Ranges): botocore parses each of them (Last-Modified with dateutil), work a
+    bare answer would leave out of the client's cost."""
     listener = socket.create_server(("127.0.0.1", 0))
     size = path.stat().st_size
     crc32 = 0
